@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make demo` (the main job) and `make test`.
+# Both create .venv and install what is missing first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo up test check bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch and torchvision come from this machine's disk at these versions.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# facenet-pytorch pins torch<2.3 and numpy<2; its code runs fine on the versions
+	# above, so it is installed without its pins.
+	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/s2a demo
+
+up: $(STAMP)
+	$(VENV)/bin/s2a up
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/ingest.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,167 @@
+"""The Faust app: one ``ingest`` agent from ``uploads`` to stored faces and ``uploads-dlq``.
+
+Built by :func:`create_app` from the process's settings (no module-level app, so tests and
+the CLI pass their own settings). Records are read as raw bytes on purpose: Faust drops a
+record whose value fails to deserialize, and a malformed upload must instead become a
+``bad_schema`` rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from agents.pipeline import Incoming, IngestPipeline, Outcome
+from schemas import rejections, uploads
+from schemas.reasons import UploadState
+from schemas.rejections import Origin
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+EXIT_BATCH_FAILED = 75  # EX_TEMPFAIL: infra.runtime restarts the worker; the batch is re-delivered
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    """``h1:9092,h2:9092`` -> ``kafka://h1:9092;kafka://h2:9092`` (Faust's list form)."""
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
+
+
+def create_app(
+    settings: Settings,
+    pipeline_factory: Callable[[Settings], IngestPipeline] = IngestPipeline.build,
+) -> faust.App:
+    """The ingestion app. The pipeline (models, stores) loads when the worker starts."""
+    worker = settings.worker
+    app = faust.App(
+        f"{settings.topic_prefix}ingest",
+        broker=faust_broker_url(settings.bootstrap_servers),
+        store="memory://",
+        datadir=str(settings.faust_data_dir),
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=worker.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 3,
+        producer_acks=-1,
+        # Every producer and consumer is sized from the one inline-image limit; Faust's
+        # 1,000,000-byte default would crash the agent's send on a large record.
+        producer_max_request_size=settings.limits.max_record_bytes,
+        consumer_max_fetch_size=max(settings.limits.max_record_bytes, MiB),
+    )
+    uploads_topic = app.topic(
+        settings.topic(uploads.TOPIC),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=worker.topic_partitions,
+    )
+    dlq_topic = app.topic(
+        settings.topic(rejections.TOPIC),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=worker.topic_partitions,
+    )
+    state: dict[str, Any] = {}
+    # One thread: torch already spreads each batch over the cores, and a second batch in
+    # flight would only contend with it. The event loop stays free for heartbeats.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+
+    async def pipeline() -> IngestPipeline:
+        # One shared future: the start-up task and the first batch may both ask at once,
+        # and the stores (the Qdrant local store above all) must be opened only once.
+        if "pipeline" not in state:
+            loop = asyncio.get_running_loop()
+            state["pipeline"] = loop.run_in_executor(executor, pipeline_factory, settings)
+        return await state["pipeline"]  # type: ignore[no-any-return]
+
+    @app.task
+    async def _load_models() -> None:
+        # Load before the first record arrives, so the first batch is not slow.
+        await pipeline()
+
+    @app.agent(uploads_topic, name="ingest", concurrency=1)
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        totals: dict[str, int] = {"accepted": 0, "rejected": 0, "skipped": 0}
+        async for events in stream.take_events(worker.batch_size, within=worker.batch_within_s):
+            try:
+                outcomes = await handle(events)
+            except Exception:
+                # Faust acknowledges a taken batch even when the loop body raises, so an
+                # error here would commit records that were never finished. Exit at once
+                # instead: nothing of this batch is committed, and the supervisor's restart
+                # re-delivers it (every sink is idempotent).
+                log.critical("ingest batch failed; exiting without commit", exc_info=True)
+                os._exit(EXIT_BATCH_FAILED)
+            for outcome in outcomes:
+                key = outcome.state.value if outcome.state else "skipped"
+                totals[key] = totals.get(key, 0) + 1
+            log.info("batch of %d done; totals %s", len(outcomes), totals)
+
+    async def handle(events: Sequence[EventT]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        pipe = await pipeline()
+        batch = [
+            Incoming(
+                raw=bytes(event.value or b""),
+                origin=Origin(
+                    topic=event.message.topic,
+                    partition=event.message.partition,
+                    offset=event.message.offset,
+                ),
+            )
+            for event in events
+        ]
+        outcomes: list[Outcome] = await loop.run_in_executor(executor, pipe.process, batch)
+        # Each dead letter is acknowledged by the broker before SQL records the
+        # rejection: after a crash in between, the re-delivered record is rejected and
+        # its dead letter sent again, never lost.
+        pending = []
+        for outcome in outcomes:
+            if outcome.rejection is None:
+                continue
+            log.info(
+                "upload %s rejected: %s at %s",
+                outcome.upload_id,
+                outcome.rejection.reason.value,
+                outcome.rejection.stage.value,
+            )
+            pending.append(
+                await dlq_topic.send(
+                    key=outcome.upload_id.encode(), value=outcome.rejection.to_bytes()
+                )
+            )
+        if pending:
+            await asyncio.gather(*pending)
+        await loop.run_in_executor(executor, pipe.record_rejections, outcomes)
+        for outcome in outcomes:
+            if outcome.state is UploadState.ACCEPTED:
+                log.info("upload %s accepted", outcome.upload_id)
+        log.debug(
+            "per-upload ms %s", {k: round(v, 1) for k, v in pipe.times.per_upload_ms().items()}
+        )
+        return outcomes
+
+    @app.timer(interval=30.0)
+    async def _report() -> None:
+        if "pipeline" in state and state["pipeline"].done():
+            times = state["pipeline"].result().times
+            log.info(
+                "%d uploads so far; per-upload ms %s",
+                times.uploads,
+                {k: round(v, 1) for k, v in times.per_upload_ms().items()},
+            )
+
+    return app

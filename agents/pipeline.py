@@ -1,0 +1,344 @@
+"""The ingestion chain over a batch: validate → anonymize → detect → quality → align →
+embed → store, with one bad upload never failing the others.
+
+Detection and embedding run batched (they are 97% of the work); the rest is per upload.
+Every input ends as exactly one :class:`Outcome`: accepted (stored), rejected (with a
+reason, not yet recorded: the caller publishes it to the dead-letter topic first, then
+calls :meth:`IngestPipeline.record_rejections`), or skipped because the upload already
+reached a terminal state (a re-delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from agents.errors import Rejected, StorageError
+from agents.records import AlignedFace, CleanImage, Detection, QualityReport, ValidUpload
+from agents.repository import Repository
+from agents.stages.align import align
+from agents.stages.anonymize import decode_image, read_image, strip_identity
+from agents.stages.detect import FaceDetector
+from agents.stages.embed import FaceEmbedder
+from agents.stages.quality import assess
+from agents.stages.store import EMBED_SIZE, FaceStore
+from agents.stages.validate import upload_id_of, validate
+from schemas.reasons import ReasonCode, Stage, UploadState
+from schemas.rejections import Origin, Rejection
+from schemas.settings import Settings
+from schemas.tables import Face
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One raw record as read from the topic (or handed in directly)."""
+
+    raw: bytes
+    origin: Origin | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    upload_id: str
+    state: UploadState | None
+    """None: the upload had already finished; nothing was done"""
+    face: Face | None = None
+    rejection: Rejection | None = None
+    upload: ValidUpload | None = None
+
+
+@dataclass(slots=True)
+class _Item:
+    incoming: Incoming
+    upload_id: str = ""
+    upload: ValidUpload | None = None
+    image: CleanImage | None = None
+    faces: list[Detection] = field(default_factory=list)
+    report: QualityReport | None = None
+    aligned: AlignedFace | None = None
+    vector: npt.NDArray[np.float32] | None = None
+    face: Face | None = None
+    rejected: Rejected | None = None
+    skipped: bool = False
+
+    @property
+    def live(self) -> bool:
+        return not self.skipped and self.rejected is None
+
+
+class StageTimes:
+    """Cumulative wall time per stage, for benchmarks and the worker's periodic log."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.uploads = 0
+
+    @contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+    def per_upload_ms(self) -> dict[str, float]:
+        n = max(self.uploads, 1)
+        return {stage: 1000 * s / n for stage, s in self.seconds.items()}
+
+
+class IngestPipeline:
+    """Turns raw upload records into stored faces or reasoned rejections.
+
+    Example::
+
+        pipeline = IngestPipeline.build(settings)
+        outcomes = pipeline.run([Incoming(event.to_bytes())])
+        outcomes[0].state   # UploadState.ACCEPTED
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        detector: FaceDetector,
+        embedder: FaceEmbedder,
+        store: FaceStore,
+        repository: Repository,
+        pseudonym_key: bytes,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.embedder = embedder
+        self.store = store
+        self.repository = repository
+        self._key = pseudonym_key
+        self._clock = clock
+        self.times = StageTimes()
+
+    @classmethod
+    def build(cls, settings: Settings) -> IngestPipeline:
+        """Load the models and open every store the settings name."""
+        # Imported here so that importing this module stays cheap for the CLI.
+        import torch
+
+        from agents.blobs import BlobStore
+        from agents.db import create_engine_for
+        from agents.stages.detect import build_detector
+        from agents.vectors import FaceIndex
+        from schemas.migrate import upgrade
+
+        if settings.models.torch_threads:
+            torch.set_num_threads(settings.models.torch_threads)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.sql_url)
+        repository = Repository(create_engine_for(settings.sql_url))
+        store = FaceStore(
+            BlobStore(settings.blob_dir),
+            FaceIndex.from_settings(settings),
+            repository,
+            duplicate_similarity=settings.worker.duplicate_similarity,
+        )
+        models = settings.models
+        return cls(
+            settings=settings,
+            detector=build_detector(models),
+            embedder=FaceEmbedder(
+                models.embedder_weights, models.embedder_seed, settings.worker.embed_batch_size
+            ),
+            store=store,
+            repository=repository,
+            pseudonym_key=settings.resolve_pseudonym_key(),
+        )
+
+    def close(self) -> None:
+        self.store.index.close()
+
+    # -- the chain -----------------------------------------------------------------------
+
+    def run(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        """:meth:`process` then :meth:`record_rejections`, for callers without a DLQ."""
+        outcomes = self.process(batch)
+        self.record_rejections(outcomes)
+        return outcomes
+
+    def process(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        items = [_Item(incoming) for incoming in batch]
+        now = self._clock()
+        with self.times.measure("validate"):
+            self._validate(items, now)
+        with self.times.measure("anonymize"):
+            for item in self._live(items):
+                self._guard(item, Stage.ANONYMIZE, lambda i=item: self._anonymize(i))
+        with self.times.measure("detect"):
+            self._detect(items)
+        with self.times.measure("quality"):
+            for item in self._live(items):
+                self._guard(item, Stage.QUALITY, lambda i=item: self._assess(i))
+        with self.times.measure("align"):
+            for item in self._live(items):
+                self._guard(item, Stage.ALIGN, lambda i=item: self._align(i))
+        with self.times.measure("embed"):
+            self._embed(items)
+        with self.times.measure("store"):
+            # Sequential on purpose: each face must see the one stored just before it, so
+            # two copies of one photo in the same batch are caught as duplicates.
+            for item in self._live(items):
+                self._guard(item, Stage.STORE, lambda i=item: self._store(i))
+        self.times.uploads += len(items)
+        return [self._outcome(item, now) for item in items]
+
+    def record_rejections(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.rejection is not None:
+                self.repository.record_rejected(outcome.rejection, outcome.upload)
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _validate(self, items: list[_Item], now: datetime) -> None:
+        for item in items:
+            try:
+                event = validate(item.incoming.raw, now)
+            except Rejected as rejected:
+                item.upload_id = upload_id_of(item.incoming.raw)
+                item.rejected = rejected
+                continue
+            item.upload_id = event.upload_id
+            item.upload = strip_identity(event, self._key)
+        seen: set[str] = set()
+        finished = self.repository.finished({item.upload_id for item in items})
+        for item in items:
+            # A re-delivered or re-published upload changes nothing: the first terminal
+            # state stands. Within one batch, the first copy decides.
+            if item.upload_id in finished or item.upload_id in seen:
+                item.skipped = True
+            seen.add(item.upload_id)
+
+    def _anonymize(self, item: _Item) -> None:
+        data = read_image(_require(item.upload), self.settings.limits, self.settings.uri_roots)
+        item.image = decode_image(data, self.settings.limits)
+
+    def _detect(self, items: list[_Item]) -> None:
+        live = list(self._live(items))
+        size = self.settings.worker.batch_size
+        for start in range(0, len(live), size):
+            chunk = live[start : start + size]
+            images = [_require(item.image) for item in chunk]
+            try:
+                found = self.detector.detect(images)
+            except StorageError:
+                raise
+            except Exception:
+                # One image that breaks the batched call must not reject its neighbours:
+                # retry one at a time so only the culprit is rejected.
+                log.warning("batched detection failed; retrying %d images one by one", len(chunk))
+                for item in chunk:
+                    self._guard(item, Stage.DETECT, lambda i=item: self._detect_one(i))
+                continue
+            for item, faces in zip(chunk, found, strict=True):
+                item.faces = faces
+
+    def _detect_one(self, item: _Item) -> None:
+        item.faces = self.detector.detect([_require(item.image)])[0]
+
+    def _assess(self, item: _Item) -> None:
+        item.report = assess(_require(item.image), item.faces, self.settings.quality)
+
+    def _align(self, item: _Item) -> None:
+        report = _require(item.report)
+        item.aligned = align(_require(item.image), report.face.landmarks)
+
+    def _embed(self, items: list[_Item]) -> None:
+        live = list(self._live(items))
+        if not live:
+            return
+        crops = [_require(item.aligned).crops[EMBED_SIZE] for item in live]
+        try:
+            vectors = self.embedder.embed(crops)
+        except StorageError:
+            raise
+        except Exception:
+            log.warning("batched embedding failed; retrying %d crops one by one", len(live))
+            for item in live:
+                self._guard(item, Stage.EMBED, lambda i=item: self._embed_one(i))
+            return
+        for item, vector in zip(live, vectors, strict=True):
+            item.vector = vector
+
+    def _embed_one(self, item: _Item) -> None:
+        item.vector = self.embedder.embed([_require(item.aligned).crops[EMBED_SIZE]])[0]
+
+    def _store(self, item: _Item) -> None:
+        item.face = self.store.store(
+            _require(item.upload),
+            _require(item.image),
+            _require(item.report),
+            _require(item.aligned),
+            _require(item.vector),
+            detector=self.detector.name,
+            embedder=self.embedder.name,
+            random_init=self.embedder.random_init,
+            origin=item.incoming.origin,
+        )
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    @staticmethod
+    def _live(items: list[_Item]) -> Iterator[_Item]:
+        return (item for item in items if item.live)
+
+    def _guard(self, item: _Item, stage: Stage, step: Callable[[], None]) -> None:
+        """Run one upload's step: a rejection or an unexpected error ends only that upload;
+        a storage failure stops everything (the record is re-delivered after restart)."""
+        try:
+            step()
+        except Rejected as rejected:
+            item.rejected = rejected
+        except StorageError:
+            raise
+        except Exception as exc:
+            origin = item.incoming.origin
+            log.exception(
+                "unexpected error at %s for upload %s (%s)",
+                stage.value,
+                item.upload_id,
+                f"{origin.topic}[{origin.partition}]@{origin.offset}" if origin else "direct",
+            )
+            item.rejected = Rejected(
+                ReasonCode.INTERNAL_ERROR, stage, f"{type(exc).__name__}: {exc}"[:500]
+            )
+
+    def _outcome(self, item: _Item, now: datetime) -> Outcome:
+        if item.skipped:
+            return Outcome(item.upload_id, None)
+        if item.rejected is not None:
+            rejection = Rejection(
+                upload_id=item.upload_id,
+                reason=item.rejected.reason,
+                stage=item.rejected.stage,
+                detail=item.rejected.detail[:1024],
+                subject=item.upload.subject if item.upload else None,
+                origin=item.incoming.origin,
+                rejected_at=now,
+            )
+            return Outcome(item.upload_id, UploadState.REJECTED, rejection=rejection, upload=item.upload)
+        return Outcome(item.upload_id, UploadState.ACCEPTED, face=item.face, upload=item.upload)
+
+
+def _require(value: T | None) -> T:
+    """Narrow an optional filled by an earlier stage; None here is a bug in the chain."""
+    if value is None:
+        raise RuntimeError("pipeline stage ran before the stage that feeds it")
+    return value

@@ -1,0 +1,369 @@
+"""The SQL of ingestion: terminal states of uploads, their subjects, faces and labels.
+
+This is the only module that writes SQL for ingestion. Each ``record_*`` call is one
+transaction and is idempotent on ``upload_id``: an upload that already reached a
+terminal state (whichever) is left exactly as it is and the call returns ``False``. That
+holds for re-deliveries and for two workers racing on the same record; the loser of the
+race hits the primary key, rolls back, finds the winner's row and returns ``False``.
+
+Datetimes go in and come out timezone-aware, in UTC (SQLite stores them naive, as UTC).
+Database failures surface as :class:`~agents.errors.StorageError`, naming the operation;
+the worker then stops without committing its offsets, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, DateTime, Engine, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlmodel import Session, SQLModel, col
+from sqlmodel import select as model_select
+
+from agents.db import for_writing
+from agents.errors import StorageError
+from agents.records import ValidUpload
+from schemas.errors import ConfigError
+from schemas.reasons import UploadState
+from schemas.rejections import Origin, Rejection
+from schemas.tables import Face, Label, Subject, Upload
+
+_SUBJECTS: Table = SQLModel.metadata.tables[Subject.__tablename__]
+_UPLOADS: Table = SQLModel.metadata.tables[Upload.__tablename__]
+_FACES: Table = SQLModel.metadata.tables[Face.__tablename__]
+_LABELS: Table = SQLModel.metadata.tables[Label.__tablename__]
+
+#: The subject columns a newer consent replaces; ``first_seen_at`` is kept.
+_CONSENT_COLUMNS = ("consent_version", "consent_scopes", "consent_granted_at", "consent_expires_at")
+
+#: Upload ids per ``IN (...)`` query: far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
+
+_Row = TypeVar("_Row", bound=SQLModel)
+
+
+class Repository:
+    """Where ingestion records what became of each upload.
+
+    Example::
+
+        repository = Repository(create_engine_for(settings.sql_url))
+        todo = [e for e in events if e.upload_id not in repository.finished(ids)]
+        if repository.record_accepted(upload, face, labels, origin):
+            ...  # first time this upload is stored
+        repository.counts()   # {'accepted': 1, 'rejected': 0, 'erased': 0}
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"Repository supports sqlite and postgresql engines, not {engine.dialect.name!r}"
+            )
+        self._engine = engine
+        self._writer = for_writing(engine)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def finished(self, upload_ids: Iterable[str]) -> set[str]:
+        """The given ids that already have a terminal state (and must not be processed)."""
+        ids = list(dict.fromkeys(upload_ids))
+        with _storage("finished"), self._engine.connect() as connection:
+            return _finished_in(connection, ids)
+
+    def record_rejected(self, rejection: Rejection, upload: ValidUpload | None = None) -> bool:
+        """Record ``rejection`` as the terminal state of its upload.
+
+        ``upload`` is the validated event when the rejection came after validation; its
+        subject is then upserted with the consent it carries. Without it (the record was
+        malformed, or its consent did not hold) no subject is stored or linked: nothing
+        ties the row to a person whose consent was not established.
+
+        Returns ``False``, changing nothing, when the upload already has a terminal state.
+        """
+        if upload is not None and upload.upload_id != rejection.upload_id:
+            raise ValueError(
+                f"rejection is for upload {rejection.upload_id!r} but upload is "
+                f"{upload.upload_id!r}; pass the ValidUpload the rejection is about, or None"
+            )
+        row = _upload_row(
+            rejection.upload_id,
+            UploadState.REJECTED,
+            finished_at=_utc(rejection.rejected_at, "rejection.rejected_at"),
+            upload=upload,
+            origin=rejection.origin,
+        )
+        row.update(
+            reason=rejection.reason.value, stage=rejection.stage.value, detail=rejection.detail
+        )
+        subject = None if upload is None else _subject_values(upload, now=row["finished_at"])
+
+        def write(connection: Connection) -> None:
+            if subject is not None:
+                _upsert_subject(connection, subject)
+            connection.execute(_UPLOADS.insert(), row)
+
+        return self._record("record_rejected", rejection.upload_id, write)
+
+    def record_accepted(
+        self,
+        upload: ValidUpload,
+        face: Face,
+        labels: Sequence[Label],
+        origin: Origin | None = None,
+    ) -> bool:
+        """Record ``upload`` as accepted, with its subject, its face and the face's labels.
+
+        Label ids are assigned by the database. Returns ``False``, changing nothing, when
+        the upload already has a terminal state (a rejected upload stays rejected).
+        """
+        _check_accepted(upload, face, labels)
+        now = datetime.now(UTC)
+        row = _upload_row(
+            upload.upload_id, UploadState.ACCEPTED, finished_at=now, upload=upload, origin=origin
+        )
+        face_row = _values(face, "face")
+        label_rows = [_values(label, f"labels[{i}]") for i, label in enumerate(labels)]
+        for label_row in label_rows:
+            if label_row.get("id") is None:
+                label_row.pop("id", None)
+
+        subject = _subject_values(upload, now=now)
+
+        def write(connection: Connection) -> None:
+            _upsert_subject(connection, subject)
+            connection.execute(_UPLOADS.insert(), row)
+            connection.execute(_FACES.insert(), face_row)
+            if label_rows:
+                connection.execute(_LABELS.insert(), label_rows)
+
+        return self._record("record_accepted", upload.upload_id, write)
+
+    def _record(self, operation: str, upload_id: str, write: Callable[[Connection], None]) -> bool:
+        with _storage(f"{operation} of upload {upload_id!r}"):
+            try:
+                with self._writer.begin() as connection:
+                    if _finished_in(connection, [upload_id]):
+                        return False
+                    write(connection)
+                return True
+            except IntegrityError:
+                # Another worker may have recorded the same upload between our check and
+                # our insert; its row stops ours at the primary key. If no row is there,
+                # the violation is something else and must not pass silently.
+                with self._engine.connect() as connection:
+                    if _finished_in(connection, [upload_id]):
+                        return False
+                raise
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list_uploads(
+        self, state: UploadState | None = None, limit: int | None = None
+    ) -> list[Upload]:
+        """Uploads in the order they finished, oldest first; with ``limit``, the most
+        recent ``limit`` of them (still oldest first)."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        statement = model_select(Upload)
+        if state is not None:
+            statement = statement.where(col(Upload.state) == state)
+        finished_at, upload_id = col(Upload.finished_at), col(Upload.upload_id)
+        if limit is None:
+            statement = statement.order_by(finished_at, upload_id)
+        else:
+            statement = statement.order_by(finished_at.desc(), upload_id.desc()).limit(limit)
+        with _storage("list_uploads"), Session(self._engine) as session:
+            rows = list(session.exec(statement).all())
+        if limit is not None:
+            rows.reverse()
+        return [_as_utc(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Uploads per terminal state; every state is present, zero included."""
+        statement = select(_UPLOADS.c.state, func.count()).group_by(_UPLOADS.c.state)
+        with _storage("counts"), self._engine.connect() as connection:
+            found = {UploadState(state).value: int(n) for state, n in connection.execute(statement)}
+        return {state.value: found.get(state.value, 0) for state in UploadState}
+
+    def reason_counts(self) -> dict[str, int]:
+        """Rejected uploads per reason code, most frequent first; absent reasons omitted."""
+        n = func.count().label("n")
+        statement = (
+            select(_UPLOADS.c.reason, n)
+            .where(_UPLOADS.c.state == UploadState.REJECTED)
+            .group_by(_UPLOADS.c.reason)
+            .order_by(n.desc(), _UPLOADS.c.reason)
+        )
+        with _storage("reason_counts"), self._engine.connect() as connection:
+            return {str(reason): int(count) for reason, count in connection.execute(statement)}
+
+    def get_face(self, face_id: str) -> Face | None:
+        """The face with this id, or ``None``."""
+        with _storage("get_face"), Session(self._engine) as session:
+            face = session.get(Face, face_id)
+        return None if face is None else _as_utc(face)
+
+    def faces_of_subject(self, pseudonym: str) -> list[Face]:
+        """Every stored face of one subject, oldest first."""
+        statement = (
+            model_select(Face)
+            .where(col(Face.subject) == pseudonym)
+            .order_by(col(Face.created_at), col(Face.face_id))
+        )
+        with _storage("faces_of_subject"), Session(self._engine) as session:
+            faces = list(session.exec(statement).all())
+        return [_as_utc(face) for face in faces]
+
+    def labels_of_face(self, face_id: str) -> list[Label]:
+        """The labels of one face, by name then source."""
+        statement = (
+            model_select(Label)
+            .where(col(Label.face_id) == face_id)
+            .order_by(col(Label.name), col(Label.source))
+        )
+        with _storage("labels_of_face"), Session(self._engine) as session:
+            labels = list(session.exec(statement).all())
+        return [_as_utc(label) for label in labels]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _storage(operation: str) -> Iterator[None]:
+    """Turn a database failure into a StorageError that says what was being done."""
+    try:
+        yield
+    except (DBAPIError, PoolTimeoutError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise StorageError(f"{operation} failed: {type(cause).__name__}: {first_line}") from exc
+
+
+def _finished_in(connection: Connection, upload_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(upload_ids), _CHUNK):
+        chunk = upload_ids[start : start + _CHUNK]
+        statement = select(_UPLOADS.c.upload_id).where(_UPLOADS.c.upload_id.in_(chunk))
+        found.update(connection.scalars(statement))
+    return found
+
+
+def _subject_values(upload: ValidUpload, now: datetime) -> dict[str, Any]:
+    return {
+        "pseudonym": upload.subject,
+        "first_seen_at": now,
+        "consent_version": upload.consent_version,
+        "consent_scopes": list(upload.consent_scopes),
+        "consent_granted_at": _utc(upload.consent_granted_at, "upload.consent_granted_at"),
+        "consent_expires_at": _utc_or_none(upload.consent_expires_at, "upload.consent_expires_at"),
+    }
+
+
+def _upsert_subject(connection: Connection, values: dict[str, Any]) -> None:
+    """Insert the subject, or give it this upload's consent when that one is not older.
+
+    Uploads of one subject can finish out of order (different partitions); comparing the
+    grant times keeps the latest consent whatever order they are recorded in.
+    """
+    if connection.dialect.name == "postgresql":
+        pg = postgresql.insert(_SUBJECTS).values(values)
+        connection.execute(
+            pg.on_conflict_do_update(
+                index_elements=[_SUBJECTS.c.pseudonym],
+                set_={name: pg.excluded[name] for name in _CONSENT_COLUMNS},
+                where=_SUBJECTS.c.consent_granted_at <= pg.excluded.consent_granted_at,
+            )
+        )
+    else:
+        lite = sqlite.insert(_SUBJECTS).values(values)
+        connection.execute(
+            lite.on_conflict_do_update(
+                index_elements=[_SUBJECTS.c.pseudonym],
+                set_={name: lite.excluded[name] for name in _CONSENT_COLUMNS},
+                where=_SUBJECTS.c.consent_granted_at <= lite.excluded.consent_granted_at,
+            )
+        )
+
+
+def _upload_row(
+    upload_id: str,
+    state: UploadState,
+    *,
+    finished_at: datetime,
+    upload: ValidUpload | None,
+    origin: Origin | None,
+) -> dict[str, Any]:
+    return {
+        "upload_id": upload_id,
+        "subject": upload.subject if upload else None,
+        "state": state,
+        "reason": None,
+        "stage": None,
+        "detail": None,
+        "source": upload.source.value if upload else None,
+        "license": upload.license if upload else None,
+        "consent_version": upload.consent_version if upload else None,
+        "submitted_at": _utc(upload.submitted_at, "upload.submitted_at") if upload else None,
+        "finished_at": finished_at,
+        "origin_topic": origin.topic if origin else None,
+        "origin_partition": origin.partition if origin else None,
+        "origin_offset": origin.offset if origin else None,
+    }
+
+
+def _check_accepted(upload: ValidUpload, face: Face, labels: Sequence[Label]) -> None:
+    """The rows must describe one upload; a mismatch is a bug upstream, not a bad image."""
+    if face.upload_id != upload.upload_id:
+        raise ValueError(
+            f"face.upload_id is {face.upload_id!r} but the upload is {upload.upload_id!r}; "
+            "build the Face from the upload being recorded"
+        )
+    if face.subject != upload.subject:
+        raise ValueError(
+            f"face.subject is {face.subject!r} but the upload's subject is "
+            f"{upload.subject!r}; use the upload's pseudonym"
+        )
+    for i, label in enumerate(labels):
+        if label.face_id != face.face_id:
+            raise ValueError(
+                f"labels[{i}].face_id is {label.face_id!r} but the face is "
+                f"{face.face_id!r}; every label must belong to the face being recorded"
+            )
+
+
+def _values(row: SQLModel, name: str) -> dict[str, Any]:
+    """A table model's column values, its datetimes converted to UTC."""
+    values = row.model_dump()
+    for column in row.__table__.columns:  # type: ignore[attr-defined]
+        if isinstance(column.type, DateTime):
+            values[column.key] = _utc_or_none(values.get(column.key), f"{name}.{column.key}")
+    return values
+
+
+def _as_utc(row: _Row) -> _Row:
+    """Give a loaded row aware UTC datetimes (SQLite hands them back naive)."""
+    for column in row.__table__.columns:  # type: ignore[attr-defined]
+        value = getattr(row, column.key)
+        if isinstance(value, datetime):
+            aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            setattr(row, column.key, aware)
+    return row
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name} is a naive datetime ({value.isoformat()}); pass a timezone-aware one, "
+            "e.g. datetime.now(UTC)"
+        )
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None, name: str) -> datetime | None:
+    return None if value is None else _utc(value, name)

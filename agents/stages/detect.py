@@ -1,0 +1,273 @@
+"""Face detection: boxes, probabilities and 5 landmarks in full-resolution coordinates.
+
+Two detectors share one protocol:
+
+* :class:`MtcnnDetector` (default, runs offline: its weights ship inside facenet-pytorch).
+  Every image is downscaled to at most ``detect_max_side`` and placed on one fixed square
+  canvas, so a whole batch runs in a single MTCNN call *and* each image's result does not
+  depend on which other images share its batch.
+* :class:`RetinaFaceDetector` (production choice): retina-face's PyTorch ResNet50 model,
+  its state dict loaded from a local file. Nothing is ever downloaded.
+
+Example::
+
+    detector = build_detector(settings.models)
+    faces_per_image = detector.detect([clean_image])   # list[list[Detection]]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from agents.errors import ModelWeightsMissing
+from agents.records import CleanImage, Detection, RGBImage
+from schemas.settings import ModelSettings
+
+__all__ = [
+    "FaceDetector",
+    "MtcnnDetector",
+    "RetinaFaceDetector",
+    "build_detector",
+    "detections_from_retinaface",
+]
+
+# The canvas is filled with mid-grey: MTCNN standardizes pixels as (x - 127.5) / 128, so the
+# padding is ~0 at the network input and adds no edges that could look like a face.
+_PAD_VALUE = 128
+
+RETINAFACE_SETTING = "S2A_MODELS__RETINAFACE_WEIGHTS"
+RETINAFACE_HOW = (
+    "Download retinaface.pth from the serengil/deepface_models release "
+    "(https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.pth) "
+    "on a machine with internet access and copy it there."
+)
+
+
+class FaceDetector(Protocol):
+    """Finds faces in a batch of images; one list of detections per image, in order."""
+
+    name: str
+
+    def detect(self, images: Sequence[CleanImage]) -> list[list[Detection]]: ...
+
+
+def _fit_scale(width: int, height: int, max_side: int) -> float:
+    """Factor that brings the longest side down to ``max_side`` (never upscales)."""
+    return min(1.0, max_side / max(width, height))
+
+
+def _downscale(pixels: RGBImage, max_side: int) -> tuple[RGBImage, float, float]:
+    """Downscaled pixels and the exact x and y factors used (rounding makes them differ)."""
+    h, w = pixels.shape[:2]
+    scale = _fit_scale(w, h, max_side)
+    if scale >= 1.0:
+        return pixels, 1.0, 1.0
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    small = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return np.asarray(small, dtype=np.uint8), new_w / w, new_h / h
+
+
+class MtcnnDetector:
+    """facenet-pytorch MTCNN over batches of any image sizes.
+
+    Images are downscaled (``cv2.INTER_AREA``) so the longest side is at most ``max_side``
+    and pasted at the top-left of a ``max_side`` x ``max_side`` canvas; MTCNN only batches
+    equal-size images, and a canvas fixed by the settings (rather than by the batch's largest
+    image) keeps each image's landmarks identical whichever batch it arrives in: padding to
+    the batch maximum moved landmarks by up to 4 px on the London set.
+
+    ``min_face_size`` is in canvas pixels; by default 1/16 of ``max_side`` (40 px at 640),
+    never under MTCNN's own 20. Looking for smaller faces makes the image pyramid and the
+    candidate count grow steeply (20 px ran 2.5x slower on 512 px portraits); a face that
+    small in a downscaled selfie is background, not the subject.
+
+    Example::
+
+        detector = MtcnnDetector(max_side=640)
+        [[face]] = detector.detect([image])
+        face.landmarks      # 5 x 2, full-resolution pixels
+    """
+
+    name = "mtcnn"
+
+    def __init__(self, max_side: int = 640, min_face_size: int | None = None) -> None:
+        from facenet_pytorch import MTCNN
+
+        if max_side < 48:
+            raise ValueError(f"max_side={max_side} is too small for MTCNN; use at least 48")
+        self.max_side = max_side
+        self.min_face_size = (
+            max(20, max_side // 16) if min_face_size is None else int(min_face_size)
+        )
+        self._mtcnn = MTCNN(
+            keep_all=True,
+            min_face_size=self.min_face_size,
+            device=torch.device("cpu"),
+        ).eval()
+
+    def detect(self, images: Sequence[CleanImage]) -> list[list[Detection]]:
+        if not images:
+            return []
+        canvas = np.full((len(images), self.max_side, self.max_side, 3), _PAD_VALUE, np.uint8)
+        factors: list[tuple[float, float]] = []
+        for i, image in enumerate(images):
+            small, fx, fy = _downscale(image.pixels, self.max_side)
+            canvas[i, : small.shape[0], : small.shape[1]] = small
+            factors.append((fx, fy))
+        # One call for the whole batch: PNet runs on the stacked pyramid, RNet/ONet on every
+        # candidate of every image together.
+        with torch.inference_mode():
+            boxes, probs, points = self._mtcnn.detect(canvas, landmarks=True)
+        results: list[list[Detection]] = []
+        for (fx, fy), img_boxes, img_probs, img_points in zip(
+            factors, boxes, probs, points, strict=True
+        ):
+            results.append(_mtcnn_detections(img_boxes, img_probs, img_points, fx, fy))
+        return results
+
+
+def _mtcnn_detections(
+    boxes: npt.NDArray[Any] | None,
+    probs: npt.NDArray[Any] | Sequence[Any],
+    points: npt.NDArray[Any] | None,
+    fx: float,
+    fy: float,
+) -> list[Detection]:
+    """One image's MTCNN output mapped back to full resolution (MTCNN says None for none)."""
+    if boxes is None or points is None:
+        return []
+    scale_box = np.array([fx, fy, fx, fy], dtype=np.float64)
+    scale_pt = np.array([fx, fy], dtype=np.float64)
+    found = []
+    for box, prob, pts in zip(boxes, probs, points, strict=True):
+        x1, y1, x2, y2 = (np.asarray(box, dtype=np.float64) / scale_box).tolist()
+        landmarks = (np.asarray(pts, dtype=np.float64) / scale_pt).astype(np.float32)
+        found.append(Detection(box=(x1, y1, x2, y2), prob=float(prob), landmarks=landmarks))
+    return found
+
+
+class RetinaFaceDetector:
+    """retina-face's PyTorch RetinaFace (ResNet50) with weights from a local file.
+
+    The module is built here and its state dict loaded from ``weights_path``; the package's
+    own loader (which downloads) is never called. Images are downscaled to ``max_side`` the
+    same way as for MTCNN and not upscaled, so a 12 MP photo costs what a 640 px one does.
+
+    Example::
+
+        detector = RetinaFaceDetector(Path("/models/retinaface.pth"), threshold=0.9)
+        [[face]] = detector.detect([image])
+    """
+
+    name = "retinaface"
+
+    def __init__(
+        self, weights_path: Path | None, threshold: float = 0.9, max_side: int = 640
+    ) -> None:
+        if weights_path is None or not Path(weights_path).is_file():
+            raise ModelWeightsMissing(
+                "RetinaFace",
+                None if weights_path is None else Path(weights_path),
+                RETINAFACE_SETTING,
+                RETINAFACE_HOW,
+            )
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold={threshold} must be between 0 and 1 (exclusive)")
+        self.weights_path = Path(weights_path)
+        self.threshold = threshold
+        self.max_side = max_side
+        self._detect_faces, module_cls = _import_retinaface()
+        self._model = module_cls()
+        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        try:
+            self._model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{self.weights_path} is not a retina-face RetinaFace state dict "
+                f"({RETINAFACE_SETTING}): {err}"
+            ) from err
+        self._model.eval()
+
+    def detect(self, images: Sequence[CleanImage]) -> list[list[Detection]]:
+        # retina-face takes one image per call (its anchors depend on the image size).
+        return [self._detect_one(image) for image in images]
+
+    def _detect_one(self, image: CleanImage) -> list[Detection]:
+        small, fx, fy = _downscale(image.pixels, self.max_side)
+        # detect_faces expects OpenCV's BGR order and converts to RGB itself.
+        bgr = np.ascontiguousarray(small[:, :, ::-1])
+        with torch.inference_mode():
+            found = self._detect_faces(
+                bgr, threshold=self.threshold, model=self._model, allow_upscaling=False
+            )
+        return detections_from_retinaface(found, fx, fy)
+
+
+def detections_from_retinaface(found: Any, fx: float = 1.0, fy: float = 1.0) -> list[Detection]:
+    """retina-face's ``{"face_1": {"score", "facial_area", "landmarks"}}`` as Detections.
+
+    ``fx``/``fy`` are the factors the image was downscaled by; coordinates are divided by
+    them. retina-face names the eyes and mouth corners from the subject's point of view:
+    its ``right_eye`` is the one on the image's left (its own docstring example has
+    right_eye x=257 and left_eye x=374), while ``LANDMARK_NAMES`` go by image side.
+    """
+    if not found:
+        return []
+    scale_pt = np.array([fx, fy], dtype=np.float64)
+    detections = []
+    for face in found.values():
+        x1, y1, x2, y2 = (float(v) for v in face["facial_area"])
+        marks = face["landmarks"]
+        ordered = np.array(
+            [
+                marks["right_eye"],
+                marks["left_eye"],
+                marks["nose"],
+                marks["mouth_right"],
+                marks["mouth_left"],
+            ],
+            dtype=np.float64,
+        )
+        detections.append(
+            Detection(
+                box=(x1 / fx, y1 / fy, x2 / fx, y2 / fy),
+                prob=float(face["score"]),
+                landmarks=(ordered / scale_pt).astype(np.float32),
+            )
+        )
+    return detections
+
+
+def _import_retinaface() -> tuple[Any, type[torch.nn.Module]]:
+    """retina-face's ``detect_faces`` and module class, its PyTorch backend enforced.
+
+    The package picks its backend once, at import, from ``DEEPFACE_BACKEND_ENGINE``
+    (TensorFlow first when installed); set it before the first import.
+    """
+    os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch")
+    from retinaface import RetinaFace as retinaface_api
+    from retinaface.commons import backend_utils
+    from retinaface.model.retinaface_pth_model import RetinaFace as RetinaFaceModule
+
+    engine = backend_utils.get_backend_engine()
+    if engine != "pytorch":
+        raise RuntimeError(
+            f"retina-face already chose the {engine!r} backend in this process; set "
+            "DEEPFACE_BACKEND_ENGINE=pytorch before anything imports retinaface"
+        )
+    return retinaface_api.detect_faces, RetinaFaceModule
+
+
+def build_detector(settings: ModelSettings) -> FaceDetector:
+    """The detector the settings name, ready to run."""
+    if settings.detector == "retinaface":
+        return RetinaFaceDetector(settings.retinaface_weights, max_side=settings.detect_max_side)
+    return MtcnnDetector(max_side=settings.detect_max_side)

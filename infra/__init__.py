@@ -1,0 +1,1 @@
+"""How the parts start: the embedded broker, the worker, the command line, deployment files."""

@@ -1,0 +1,157 @@
+"""Kafka plumbing for the command line (kafka-python): topics, the upload publisher, lag.
+
+Every producer is sized from ``limits.max_record_bytes`` so that no upload the worker would
+accept is refused by a client default (kafka-python's is 1 MiB).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import TopicPartition
+
+from infra.errors import BrokerError
+from schemas import rejections, uploads
+from schemas.rejections import Rejection
+from schemas.settings import Settings
+from schemas.uploads import UploadEvent
+
+log = logging.getLogger(__name__)
+INGEST_TOPICS = (uploads.TOPIC, rejections.TOPIC)
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] = INGEST_TOPICS) -> None:
+    """Create the topics if they are missing (the embedded broker starts empty)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="s2a-admin")
+    except KafkaError as exc:
+        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        for name in names:
+            topic = NewTopic(settings.topic(name), settings.worker.topic_partitions, 1)
+            try:
+                admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+class UploadPublisher:
+    """Publishes upload events keyed by ``upload_id`` and waits for the broker's ack.
+
+    Example::
+
+        with UploadPublisher(settings) as publisher:
+            publisher.publish(event)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(uploads.TOPIC)
+        try:
+            self.producer = KafkaProducer(
+                bootstrap_servers=settings.bootstrap_servers,
+                client_id="s2a-publish",
+                acks="all",
+                linger_ms=5,
+                max_request_size=settings.limits.max_record_bytes,
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+
+    def publish(self, event: UploadEvent) -> None:
+        self.publish_raw(event.partition_key(), event.to_bytes())
+
+    def publish_raw(self, key: bytes | None, value: bytes, timeout_s: float = 30.0) -> None:
+        """Send bytes as they are (tests and the demo use it for malformed records)."""
+        try:
+            self.producer.send(self.topic, key=key, value=value).get(timeout_s)
+        except KafkaError as exc:
+            raise BrokerError(f"publishing to {self.topic} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self.producer.close()
+
+    def __enter__(self) -> UploadPublisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far the ingest consumer group is behind the end of ``uploads``."""
+
+    end: int
+    committed: int
+
+    @property
+    def behind(self) -> int:
+        return max(self.end - self.committed, 0)
+
+
+def consumer_lag(settings: Settings) -> Lag:
+    """End offsets of ``uploads`` against the ingest group's committed offsets."""
+    group = f"{settings.topic_prefix}ingest"
+    topic = settings.topic(uploads.TOPIC)
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status")
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status")
+    except KafkaError as exc:
+        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = consumer.end_offsets(tps) if tps else {}
+        offsets = admin.list_group_offsets({group: tps}).get(group, {}) if tps else {}
+        committed = 0
+        for tp in tps:
+            meta = offsets.get(tp)
+            offset = getattr(meta, "offset", meta) if meta is not None else None
+            committed += max(int(offset), 0) if offset is not None else 0
+        return Lag(end=sum(ends.values()), committed=committed)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read offsets from {settings.bootstrap_servers}: {exc}") from exc
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def read_rejections(settings: Settings, expect: int, timeout_s: float = 30.0) -> list[Rejection]:
+    """Records on ``uploads-dlq`` from the beginning, until ``expect`` distinct uploads
+    are seen or ``timeout_s`` passes without a new record."""
+    consumer = KafkaConsumer(
+        settings.topic(rejections.TOPIC),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+        fetch_max_bytes=max(settings.limits.max_record_bytes, 50 * 1024 * 1024),
+        max_partition_fetch_bytes=settings.limits.max_record_bytes,
+    )
+    found: list[Rejection] = []
+    seen: set[str] = set()
+    try:
+        if expect <= 0:
+            return found
+        for message in consumer:
+            rejection = Rejection.from_bytes(message.value)
+            found.append(rejection)
+            seen.add(rejection.upload_id)
+            if len(seen) >= expect:
+                break
+        return found
+    finally:
+        consumer.close()

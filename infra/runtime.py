@@ -1,0 +1,150 @@
+"""Starting the long-running parts: the Faust worker, and the embedded stack for ``s2a up``
+and the demo (broker + worker processes, restarted when a worker asks for it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from infra.broker import EmbeddedBroker
+from infra.errors import BrokerError
+from infra.kafka import ensure_topics
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+#: A worker exits with this after a failed batch; the stack restarts it (re-delivery).
+RESTART_EXIT = 75
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the ingestion worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    import faust
+
+    from agents.app import create_app
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_topics(settings)
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        workdir=str(settings.home),
+    )
+    worker.execute_from_commandline()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process build the same settings as this one."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json", exclude={"pseudonym_key", "qdrant_api_key"}).items():
+        if value is None:
+            env.pop(f"S2A_{name.upper()}", None)
+        else:
+            env[f"S2A_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    for secret in ("pseudonym_key", "qdrant_api_key"):
+        value = getattr(settings, secret)
+        if value is not None:
+            env[f"S2A_{secret.upper()}"] = value.get_secret_value()
+    return env
+
+
+class WorkerProcess:
+    """``s2a worker`` as a child process, its log in ``home/run/worker.log``."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = env or settings_env(settings)
+        self.log_path: Path = settings.run_dir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "worker"],
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Stack:
+    """The embedded default: broker (unless a cluster is configured) and one worker.
+
+    Example::
+
+        with Stack(settings) as stack:
+            ...  # publish; the worker ingests
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        if settings.embedded_broker:
+            self.broker = EmbeddedBroker(
+                settings.broker_host, settings.broker_port, settings.run_dir / "broker.log"
+            )
+        self.worker = WorkerProcess(settings)
+
+    def __enter__(self) -> Stack:
+        from schemas.migrate import upgrade
+
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        # Migrate before the worker starts, so readers (the CLI, tests) find the tables.
+        upgrade(self.settings.sql_url)
+        if self.broker is not None:
+            self.broker.start()
+        try:
+            ensure_topics(self.settings)
+            self.worker.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def supervise(self) -> None:
+        """Block while the worker runs; restart it when it asks to be restarted."""
+        while True:
+            proc = self.worker.proc
+            if proc is None:
+                raise BrokerError("worker was never started")
+            code = proc.wait()
+            if code != RESTART_EXIT:
+                raise BrokerError(f"worker exited with status {code}; see {self.worker.log_path}")
+            log.warning("worker asked for a restart after a failed batch; restarting")
+            self.worker.start()
+
+    def worker_alive(self) -> bool:
+        return self.worker.proc is not None and self.worker.proc.poll() is None
+
+    def close(self) -> None:
+        self.worker.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

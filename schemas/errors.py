@@ -1,0 +1,20 @@
+"""Errors raised while reading or checking contracts.
+
+    SchemaError
+     ├── ConfigError (ValueError)        a setting is missing or contradicts another
+     └── RecordError (ValueError)        a record does not match its contract
+"""
+
+from __future__ import annotations
+
+
+class SchemaError(Exception):
+    """Base class for every error raised by :mod:`schemas`."""
+
+
+class ConfigError(SchemaError, ValueError):
+    """A setting is missing, malformed or contradicts another setting."""
+
+
+class RecordError(SchemaError, ValueError):
+    """A topic record does not match its contract; the message says which field and why."""

@@ -1,0 +1,48 @@
+"""JSON Schemas of the topic records, for producers and consumers in other languages.
+
+The files in ``schemas/jsonschema/`` are generated from the models here
+(``python -m schemas.json_schemas``) and a test fails when they drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from schemas.rejections import Rejection
+from schemas.uploads import UploadEvent
+
+FOLDER = Path(__file__).with_name("jsonschema")
+RECORDS: dict[str, type[UploadEvent] | type[Rejection]] = {
+    "upload_event": UploadEvent,
+    "rejection": Rejection,
+}
+
+
+def schema_of(name: str) -> dict[str, Any]:
+    model = RECORDS[name]
+    schema = model.model_json_schema(mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://selfie2anime.invalid/schemas/{name}.v{model.model_fields['schema_version'].default}.json"
+    return schema
+
+
+def render(name: str) -> str:
+    return json.dumps(schema_of(name), indent=2, sort_keys=True) + "\n"
+
+
+def write_all(folder: Path = FOLDER) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in RECORDS:
+        path = folder / f"{name}.json"
+        path.write_text(render(name))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_all():
+        sys.stderr.write(f"wrote {path}\n")

@@ -1,0 +1,58 @@
+"""The closed lists of pipeline stages, terminal states and rejection reasons.
+
+A producer in another language finds the same lists in ``schemas/jsonschema``; adding a
+member is a contract change and bumps the record's ``schema_version``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    """Where an upload was when its fate was decided."""
+
+    VALIDATE = "validate"
+    ANONYMIZE = "anonymize"
+    DETECT = "detect"
+    QUALITY = "quality"
+    ALIGN = "align"
+    EMBED = "embed"
+    STORE = "store"
+
+
+class UploadState(StrEnum):
+    """The three terminal states of an upload (``pending`` is never stored)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ERASED = "erased"
+
+
+class ReasonCode(StrEnum):
+    """Why an upload was rejected. Closed list: a rejection never carries free text alone."""
+
+    BAD_SCHEMA = "bad_schema"
+    """The record is not valid JSON or does not match the UploadEvent contract."""
+    NO_CONSENT = "no_consent"
+    """Consent is missing, or its scopes do not include ``training``."""
+    CONSENT_EXPIRED = "consent_expired"
+    """Consent expired before the upload was processed."""
+    BAD_URI = "bad_uri"
+    """The image URI has a scheme or location the worker may not read, or is unreadable."""
+    TOO_LARGE = "too_large"
+    """Bytes, pixels or frames exceed the configured limits (decompression bombs included)."""
+    DECODE_ERROR = "decode_error"
+    """The bytes are not a complete image in an accepted format (truncated files included)."""
+    NO_FACE = "no_face"
+    MULTIPLE_FACES = "multiple_faces"
+    FACE_TOO_SMALL = "face_too_small"
+    LOW_CONFIDENCE = "low_confidence"
+    """A face was found, but the detector is not confident enough to train on it."""
+    BLURRY = "blurry"
+    BAD_EXPOSURE = "bad_exposure"
+    BAD_POSE = "bad_pose"
+    DUPLICATE = "duplicate"
+    """A near-identical face of the same subject is already stored."""
+    INTERNAL_ERROR = "internal_error"
+    """An unexpected error while processing this one upload; the detail names it."""

@@ -1,0 +1,229 @@
+"""The one settings object of a selfie2anime process.
+
+Built once at the entry point (``Settings()`` reads ``S2A_*`` environment variables and a
+``.env`` file) and passed down; nothing else reads the environment. Nested groups use a
+double underscore: ``S2A_QUALITY__MIN_FACE_PX=96``.
+
+Example::
+
+    settings = Settings(home=tmp_path, kafka_bootstrap="kafka-1:9092")
+    settings.database_url       # 'sqlite:///<tmp_path>/s2a.db' unless set
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LimitSettings(_Group):
+    """Decode limits for untrusted images."""
+
+    max_upload_bytes: int = Field(12 * MiB, gt=0, description="encoded size, inline or by URI")
+    max_inline_bytes: int = Field(
+        6 * MiB,
+        gt=0,
+        description="inline image limit; larger uploads must come by URI. Every producer's "
+        "max_request_size is derived from it",
+    )
+    max_pixels: int = Field(40_000_000, gt=0, description="width x height of the first frame")
+    max_frames: int = Field(1, gt=0, description="animated images beyond this are refused")
+    max_side_px: int = Field(12_000, gt=0)
+
+    @property
+    def max_record_bytes(self) -> int:
+        """Largest upload record a producer may send: base64 image plus the JSON envelope."""
+        return 4 * ((self.max_inline_bytes + 2) // 3) + 64 * 1024
+
+
+class QualitySettings(_Group):
+    """Thresholds of the quality stage; every score is stored, these only decide pass/fail."""
+
+    min_detection_prob: float = Field(0.95, ge=0, le=1)
+    min_face_px: int = Field(80, gt=0, description="shorter side of the face box, original pixels")
+    second_face_ratio: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description="another face at least this fraction of the main face's size is "
+        "'multiple_faces'; smaller background faces are ignored",
+    )
+    min_sharpness: float = Field(40.0, ge=0, description="variance of the Laplacian, face at 128px")
+    min_brightness: float = Field(40.0, ge=0, le=255)
+    max_brightness: float = Field(220.0, ge=0, le=255)
+    max_clipped_fraction: float = Field(0.35, ge=0, le=1)
+    max_yaw_deg: float = Field(35.0, gt=0)
+    max_pitch_deg: float = Field(30.0, gt=0)
+    max_roll_deg: float = Field(45.0, gt=0)
+
+
+class ModelSettings(_Group):
+    """Where model weights come from. Nothing is ever downloaded."""
+
+    detector: Literal["mtcnn", "retinaface"] = "mtcnn"
+    retinaface_weights: Path | None = Field(
+        None, description="retinaface.pth for the retina-face PyTorch backend"
+    )
+    embedder_weights: Path | None = Field(
+        None, description="InceptionResnetV1 state dict (e.g. VGGFace2); random init if unset"
+    )
+    embedder_seed: int = 0
+    detect_max_side: int = Field(
+        640,
+        ge=160,
+        description="images are downscaled to this longest side for detection; landmarks are "
+        "mapped back to full resolution for alignment",
+    )
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class WorkerSettings(_Group):
+    """Batching and Kafka consumer behaviour of the Faust worker."""
+
+    batch_size: int = Field(16, ge=1, description="uploads detected together")
+    embed_batch_size: int = Field(32, ge=1)
+    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    topic_partitions: int = Field(4, ge=1)
+    rebalance_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="consumer-group rebalance timeout; unset = 3 s on the embedded broker "
+        "(Tansu waits the full timeout before every join) and 60 s on a Kafka cluster",
+    )
+    session_timeout_s: float | None = Field(None, gt=0, description="unset = as rebalance")
+    duplicate_similarity: float = Field(
+        0.985,
+        gt=0,
+        le=1,
+        description="appearance similarity (normalised cross-correlation of the aligned "
+        "crops) at which a face duplicates one already stored for the same subject",
+    )
+
+
+class Settings(BaseSettings):
+    """Everything a process needs, from one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="S2A_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    home: Path = Field(Path.home() / ".selfie2anime", description="all local state lives here")
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port] of a Kafka cluster; unset = embedded broker"
+    )
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(9092, ge=1, le=65535, description="embedded broker port")
+    topic_prefix: str = "s2a."
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in home")
+    qdrant_url: str | None = Field(None, description="Qdrant server; unset = local store in home")
+    qdrant_api_key: SecretStr | None = None
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="HMAC key for subject pseudonyms (base64 or text); unset = generated once "
+        "and kept in home/pseudonym.key",
+    )
+    uri_roots: tuple[Path, ...] = Field(
+        (), description="directories a worker may read file:// upload URIs from"
+    )
+    log_level: str = "INFO"
+
+    limits: LimitSettings = LimitSettings()
+    quality: QualitySettings = QualitySettings()
+    models: ModelSettings = ModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.limits.max_inline_bytes > self.limits.max_upload_bytes:
+            raise ConfigError(
+                f"limits.max_inline_bytes ({self.limits.max_inline_bytes}) exceeds "
+                f"limits.max_upload_bytes ({self.limits.max_upload_bytes}); lower the first"
+            )
+        if self.quality.min_brightness >= self.quality.max_brightness:
+            raise ConfigError("quality.min_brightness must be below quality.max_brightness")
+        return self
+
+    # Derived locations: one data directory holds every piece of local state.
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.broker_host}:{self.broker_port}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 's2a.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.home / "qdrant"
+
+    @property
+    def faust_data_dir(self) -> Path:
+        return self.home / "faust"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def rebalance_timeout_s(self) -> float:
+        default = 3.0 if self.embedded_broker else 60.0
+        return self.worker.rebalance_timeout_s or default
+
+    @property
+    def session_timeout_s(self) -> float:
+        return self.worker.session_timeout_s or self.rebalance_timeout_s
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a contract's base name (``uploads`` -> ``s2a.uploads``)."""
+        return f"{self.topic_prefix}{name}"
+
+    def resolve_pseudonym_key(self) -> bytes:
+        """The HMAC key: from settings, else from ``home/pseudonym.key``, created on first use.
+
+        The generated key never leaves the data directory; losing it means new pseudonyms
+        for returning subjects, so production sets ``S2A_PSEUDONYM_KEY`` from a secret store.
+        """
+        if self.pseudonym_key is not None:
+            raw = self.pseudonym_key.get_secret_value()
+            if len(raw) < 16:
+                raise ConfigError("S2A_PSEUDONYM_KEY must hold at least 16 characters")
+            return raw.encode()
+        path = self.home / "pseudonym.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".pseudonym.key.{os.getpid()}")
+            tmp.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+            tmp.chmod(0o600)
+            # link() fails when another process won the race: every process then reads the
+            # same key, so one subject never gets two pseudonyms.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            tmp.unlink()
+        return base64.b64decode(path.read_text().strip())

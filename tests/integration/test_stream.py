@@ -1,0 +1,336 @@
+"""End to end through the real Tansu broker and a real Faust worker process.
+
+One scenario publishes real selfies and bad inputs of many kinds, then checks the terminal
+state and reason of each, the dead letters, the stores' privacy and idempotency.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agents.blobs import BlobStore
+from agents.db import create_engine_for
+from agents.repository import Repository
+from infra.kafka import UploadPublisher, consumer_lag, read_rejections
+from infra.runtime import Stack
+from schemas.settings import LimitSettings, Settings
+from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, UploadEvent
+
+pytestmark = pytest.mark.integration
+DATA = Path(__file__).parents[1] / "data"
+REAL = DATA / "real"
+DEADLINE_S = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _jpeg(image: Image.Image, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, **params)
+    return out.getvalue()
+
+
+def _declared(face_id: str) -> DeclaredAttributes:
+    """True age and gender of a London face, as its subject would declare them."""
+    with (DATA / "london_info.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["face_id"] == face_id)
+    return DeclaredAttributes(age=int(row["face_age"]), gender=row["face_gender"])
+
+
+@dataclass
+class Case:
+    event: UploadEvent | None
+    raw: bytes | None
+    expect: str
+    """'accepted' or a reason code"""
+
+
+class Scenario:
+    def __init__(self, uri_root: Path) -> None:
+        self.now = datetime.now(UTC)
+        self.uri_root = uri_root
+        self.cases: dict[str, Case] = {}
+        self.raw_subjects: list[str] = []
+
+    def add(
+        self,
+        name: str,
+        expect: str,
+        *,
+        data: bytes | None = None,
+        uri: str | None = None,
+        subject: str | None = None,
+        scopes: tuple[str, ...] = ("training",),
+        expires_at: datetime | None = None,
+        attributes: DeclaredAttributes | None = None,
+    ) -> UploadEvent:
+        subject = subject or f"person-{name}@example.com"
+        self.raw_subjects.append(subject)
+        event = UploadEvent(
+            upload_id=f"{name}-{uuid.uuid4().hex[:8]}",
+            subject_id=subject,
+            consent=Consent(
+                version="t-1",
+                scopes=list(scopes),
+                granted_at=self.now - timedelta(days=2),
+                expires_at=expires_at,
+            ),
+            image=ImagePayload(data=data, uri=uri),
+            attributes=attributes or DeclaredAttributes(),
+            submitted_at=self.now,
+        )
+        self.cases[event.upload_id] = Case(event, None, expect)
+        return event
+
+    def add_raw(self, upload_id: str, raw: bytes, expect: str) -> None:
+        self.cases[upload_id] = Case(None, raw, expect)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("s2a-home")
+    (home / "incoming").mkdir()
+    return Settings(
+        home=home,
+        broker_port=_free_port(),
+        topic_prefix=f"it{uuid.uuid4().hex[:6]}.",
+        uri_roots=(home / "incoming",),
+        # A small inline limit, so the too-large path is exercised with small files.
+        limits=LimitSettings(max_inline_bytes=400_000, max_upload_bytes=600_000),
+        log_level="INFO",
+    )
+
+
+@pytest.fixture(scope="module")
+def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    scenario = build_scenario(settings, tmp_path_factory.mktemp("outside"))
+    repository = Repository(create_engine_for(settings.sql_url))
+    with Stack(settings) as stack, UploadPublisher(settings) as publisher:
+        for upload_id, case in scenario.cases.items():
+            if case.event is not None:
+                publisher.publish(case.event)
+            else:
+                publisher.publish_raw(upload_id.encode(), case.raw or b"")
+        # The same event again: a re-delivery must change nothing.
+        redelivered = next(c.event for c in scenario.cases.values() if c.expect == "accepted")
+        publisher.publish(redelivered)
+        ids = {_expected_id(upload_id, case) for upload_id, case in scenario.cases.items()}
+        deadline = time.monotonic() + DEADLINE_S
+        # Finished: every upload has its terminal state and the worker has committed past
+        # the last record (the re-delivery). Polled with a deadline, never slept on.
+        while not (len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0):
+            log_tail = stack.worker.log_path.read_text()[-3000:]
+            assert stack.worker_alive(), log_tail
+            assert time.monotonic() < deadline, f"uploads did not all finish in time\n{log_tail}"
+            time.sleep(0.2)
+        rejected = repository.counts().get("rejected", 0)
+        dead_letters = read_rejections(settings, expect=rejected)
+    # The worker has stopped here, so the Qdrant local store can be opened.
+    yield {
+        "scenario": scenario,
+        "repository": repository,
+        "dead_letters": dead_letters,
+        "redelivered": redelivered,
+        "worker_log": (settings.run_dir / "worker.log").read_text(),
+    }
+
+
+def build_scenario(settings: Settings, outside: Path) -> Scenario:
+    s = Scenario(settings.uri_roots[0])
+    photo = {
+        n: (REAL / f"london_{n}.jpg").read_bytes()
+        for n in (
+            "001_neutral",
+            "002_neutral",
+            "003_neutral",
+            "004_neutral",
+            "004_smiling",
+            "013_neutral",
+        )
+    }
+    s.add("plain", "accepted", data=photo["002_neutral"], attributes=_declared("002"))
+    # EXIF with GPS and a comment: accepted, and nothing of it may be stored.
+    exif = Image.Exif()
+    exif[0x010E] = "SECRET-DESCRIPTION"  # ImageDescription
+    gps = exif.get_ifd(0x8825)
+    gps[2] = (51.0, 30.0, 0.0)
+    gps[1] = "N"
+    with_meta = _jpeg(
+        Image.open(io.BytesIO(photo["003_neutral"])), exif=exif.tobytes(), comment=b"SECRET-COMMENT"
+    )
+    s.add("exif", "accepted", data=with_meta, attributes=_declared("003"))
+    s.add(
+        "smiling",
+        "accepted",
+        data=photo["004_smiling"],
+        subject="same-person-4",
+        attributes=_declared("004"),
+    )
+    s.add("neutral", "accepted", data=photo["004_neutral"], subject="same-person-4")
+    # The same photo again, re-encoded, for the same subject.
+    again = _jpeg(Image.open(io.BytesIO(photo["004_neutral"])).convert("RGB"))
+    s.add("dup", "duplicate", data=again, subject="same-person-4")
+    # By URI: inside the worker's root, and outside it.
+    inside = settings.uri_roots[0] / "by_uri.jpg"
+    inside.write_bytes(photo["013_neutral"])
+    s.add("uri", "accepted", uri=inside.as_uri())
+    (outside / "x.jpg").write_bytes(photo["013_neutral"])
+    s.add("uri-outside", "bad_uri", uri=(outside / "x.jpg").as_uri())
+    # Larger than the inline limit.
+    s.add("big", "too_large", data=os.urandom(440_000))
+    # Decompression bomb: a small PNG that declares a huge canvas.
+    bomb = io.BytesIO()
+    Image.new("L", (12_000, 12_000)).save(bomb, "PNG", optimize=True)
+    s.add("bomb", "too_large", data=bomb.getvalue())
+    s.add("truncated", "decode_error", data=photo["001_neutral"][:9000])
+    s.add("noise", "decode_error", data=bytes(range(256)) * 40)
+    frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    s.add("animated", "too_large", data=gif.getvalue())
+    blank = io.BytesIO()
+    Image.new("RGB", (400, 400), (90, 140, 200)).save(blank, "PNG")
+    s.add("blank", "no_face", data=blank.getvalue())
+    pair = Image.new("RGB", (1024, 512))
+    pair.paste(Image.open(io.BytesIO(photo["001_neutral"])), (0, 0))
+    pair.paste(Image.open(io.BytesIO(photo["002_neutral"])), (512, 0))
+    s.add("pair", "multiple_faces", data=_jpeg(pair))
+    s.add("no-scope", "no_consent", data=photo["001_neutral"], scopes=("analytics",))
+    s.add(
+        "expired",
+        "consent_expired",
+        data=photo["001_neutral"],
+        expires_at=s.now - timedelta(hours=1),
+    )
+    s.add_raw("not-json", b"\x00\x01 definitely not json", "bad_schema")
+    s.add_raw(
+        "wrong-shape",
+        json.dumps(
+            {"upload_id": "wrong-shape", "subject_id": "raw-id-in-bad-record", "consent": "yes"}
+        ).encode(),
+        "bad_schema",
+    )
+    return s
+
+
+def _expected_id(upload_id: str, case: Case) -> str:
+    if case.raw is not None and upload_id == "not-json":
+        from schemas.uploads import fallback_upload_id
+
+        return fallback_upload_id(case.raw)
+    return upload_id
+
+
+def test_every_upload_ends_in_its_expected_state(outcome: dict) -> None:
+    scenario: Scenario = outcome["scenario"]
+    rows = {row.upload_id: row for row in outcome["repository"].list_uploads()}
+    got = {}
+    for upload_id, case in scenario.cases.items():
+        row = rows[_expected_id(upload_id, case)]
+        got[upload_id] = row.reason if row.state == "rejected" else str(row.state)
+    assert got == {upload_id: case.expect for upload_id, case in scenario.cases.items()}
+    assert all(row.stage for row in rows.values() if row.state == "rejected")
+
+
+def test_one_dead_letter_per_rejection(outcome: dict) -> None:
+    repository: Repository = outcome["repository"]
+    rejected = {r.upload_id: r for r in repository.list_uploads() if r.state == "rejected"}
+    letters = {}
+    for letter in outcome["dead_letters"]:
+        assert letter.upload_id not in letters, f"two dead letters for {letter.upload_id}"
+        letters[letter.upload_id] = letter
+    assert set(letters) == set(rejected)
+    for upload_id, letter in letters.items():
+        assert letter.reason.value == rejected[upload_id].reason
+        assert letter.origin is not None and letter.origin.topic.endswith("uploads")
+
+
+def test_redelivered_event_changes_nothing(outcome: dict) -> None:
+    repository: Repository = outcome["repository"]
+    upload_id = outcome["redelivered"].upload_id
+    row = next(r for r in repository.list_uploads() if r.upload_id == upload_id)
+    assert row.state == "accepted"
+    assert outcome["worker_log"].count(f"upload {upload_id} accepted") == 1
+    assert not any(letter.upload_id == upload_id for letter in outcome["dead_letters"])
+
+
+def test_declared_labels_arrive(outcome: dict, settings: Settings) -> None:
+    scenario: Scenario = outcome["scenario"]
+    upload_id = next(u for u in scenario.cases if u.startswith("plain-"))
+    truth = _declared("002")
+    with sqlite3.connect(settings.home / "s2a.db") as db:
+        labels = dict(
+            db.execute(
+                "select l.name, l.value from labels l join faces f on f.face_id = l.face_id "
+                "where f.upload_id = ? and l.source = 'declared'",
+                (upload_id,),
+            ).fetchall()
+        )
+    assert labels == {"age": str(truth.age), "gender": truth.gender.lower()}
+
+
+def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settings) -> None:
+    scenario: Scenario = outcome["scenario"]
+    secrets = [s.encode() for s in scenario.raw_subjects] + [
+        b"raw-id-in-bad-record",
+        b"SECRET-DESCRIPTION",
+        b"SECRET-COMMENT",
+    ]
+    # SQL: every byte of the database file (and its WAL).
+    for path in settings.home.glob("s2a.db*"):
+        content = path.read_bytes()
+        assert not [s for s in secrets if s in content], path
+    # Blobs: PNG crops with no metadata chunks at all.
+    blobs = BlobStore(settings.blob_dir)
+    digests = blobs.digests()
+    assert digests
+    for digest in digests:
+        data = blobs.read(digest)
+        assert not [s for s in secrets if s in data]
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG"
+            assert not image.info.get("exif") and not image.getexif()
+            assert not set(image.info) & {
+                "comment",
+                "icc_profile",
+                "XML:com.adobe.xmp",
+                "parameters",
+            }
+    # Qdrant: payloads hold pseudonyms only.
+    from agents.vectors import FaceIndex
+
+    index = FaceIndex.from_settings(settings)
+    try:
+        payloads = index.payloads()
+    finally:
+        index.close()
+    accepted = {r.upload_id for r in outcome["repository"].list_uploads() if r.state == "accepted"}
+    assert len(payloads) == len(accepted)
+    text = json.dumps(payloads).encode()
+    assert not [s for s in secrets if s in text]
+    for payload in payloads.values():
+        assert len(payload["subject"]) == 64
+    for path in settings.qdrant_path.rglob("*"):
+        if path.is_file():
+            assert not [s for s in secrets if s in path.read_bytes()], path
+    # Logs.
+    log = outcome["worker_log"].encode()
+    assert not [s for s in secrets if s in log]

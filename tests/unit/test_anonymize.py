@@ -1,0 +1,638 @@
+"""Unit tests for :mod:`agents.stages.anonymize`: pseudonyms, reading, safe decoding, PNG.
+
+Every image is generated here with Pillow (or hand-built bytes for what Pillow refuses to
+write); the one real photo lives in ``tests/data/real``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
+
+from agents.errors import Rejected
+from agents.records import CleanImage, ValidUpload
+from agents.stages.anonymize import (
+    ALLOWED_FORMATS,
+    decode_image,
+    encode_png,
+    pseudonymize,
+    read_image,
+    strip_identity,
+)
+from schemas.reasons import ReasonCode, Stage
+from schemas.settings import LimitSettings
+from schemas.uploads import Consent, ImagePayload, UploadEvent
+
+KEY = b"k" * 32
+SUBJECT = "alice.private@example.com"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LIMITS = LimitSettings()
+REAL_PHOTO = Path(__file__).resolve().parents[1] / "data" / "real" / "london_001_neutral.jpg"
+
+# Markers planted in metadata blocks; none may survive into a stored PNG.
+GPS_MARKER = "GPSDATUM-MARKER-51N"
+USER_COMMENT_MARKER = "USERCOMMENT-MARKER"
+COMMENT_MARKER = "JPEGCOMMENT-MARKER"
+XMP_MARKER = "XMP-MARKER"
+IPTC_MARKER = "IPTC-CAPTION-MARKER"
+PNG_TEXT_MARKERS = ("PNG-TEXT-MARKER", "PNG-ZTXT-MARKER", "PNG-ITXT-MARKER")
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def rejection(call: Callable[..., object], *args: Any) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        call(*args)
+    assert info.value.stage is Stage.ANONYMIZE
+    return info.value
+
+
+def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def gradient(width: int = 64, height: int = 32) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 4 % 256, y * 8 % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def raw_png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
+    """A PNG built by hand, for headers Pillow would never write (bombs, 48-bit)."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def png_chunk_types(data: bytes) -> list[bytes]:
+    kinds, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kinds.append(data[pos + 4 : pos + 8])
+        pos += 12 + length
+    return kinds
+
+
+def with_app13(jpeg: bytes, payload: bytes) -> bytes:
+    """Insert an APP13 (Photoshop IPTC) segment after SOI; Pillow cannot write one."""
+    segment = b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def iptc_block(caption: str) -> bytes:
+    record = b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption.encode()
+    resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(record))
+    return b"Photoshop 3.0\x00" + resource + record + (b"\x00" if len(record) % 2 else b"")
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def phone_exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make] = "PhoneCam"
+    exif[ExifTags.Base.Model] = "PC-1"
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = (51.0, 30.0, 26.0)
+    gps[ExifTags.GPS.GPSMapDatum] = GPS_MARKER
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    details[ExifTags.Base.UserComment] = b"ASCII\x00\x00\x00" + USER_COMMENT_MARKER.encode()
+    return exif
+
+
+def assert_clean_png(data: bytes, markers: tuple[str, ...]) -> Image.Image:
+    """``data`` is a bare PNG: only critical chunks, no metadata, none of ``markers``."""
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert set(png_chunk_types(data)) == {b"IHDR", b"IDAT", b"IEND"}
+    for marker in markers:
+        assert marker.encode() not in data
+    reopened = Image.open(io.BytesIO(data))
+    for key in ("exif", "xmp", "XML:com.adobe.xmp", "comment", "icc_profile", "dpi"):
+        assert key not in reopened.info
+    assert isinstance(reopened, PngImagePlugin.PngImageFile)
+    assert reopened.text == {}
+    assert len(reopened.getexif()) == 0
+    return reopened
+
+
+def make_upload(**changes: Any) -> ValidUpload:
+    event = UploadEvent(
+        upload_id="u-1",
+        subject_id=SUBJECT,
+        consent=Consent(version="2026-01", scopes=["training"], granted_at=NOW),
+        image=ImagePayload(data=b"bytes"),
+        submitted_at=NOW,
+    )
+    return dataclasses.replace(strip_identity(event, KEY), **changes)
+
+
+# --- identity ----------------------------------------------------------------------------
+
+
+def test_pseudonym_is_stable_keyed_hex() -> None:
+    first = pseudonymize(SUBJECT, KEY)
+    assert first == pseudonymize(SUBJECT, KEY)
+    assert len(first) == 64
+    assert int(first, 16) >= 0
+    assert first != pseudonymize(SUBJECT, b"another key of 32 bytes........")
+    assert first != pseudonymize(SUBJECT + " ", KEY)
+    with pytest.raises(ValueError, match="key"):
+        pseudonymize(SUBJECT, b"")
+
+
+def test_strip_identity_drops_the_raw_subject_id() -> None:
+    event = UploadEvent(
+        upload_id="u-42",
+        subject_id=SUBJECT,
+        consent=Consent(
+            version="2026-01",
+            scopes=["training", "analytics"],
+            granted_at=NOW,
+            expires_at=NOW + timedelta(days=365),
+        ),
+        image=ImagePayload(uri="file:///srv/uploads/u-42.jpg"),
+        submitted_at=NOW,
+    )
+    upload = strip_identity(event, KEY)
+    assert upload.subject == pseudonymize(SUBJECT, KEY)
+    assert upload.upload_id == "u-42"
+    assert upload.consent_scopes == ("training", "analytics")
+    assert upload.consent_expires_at == NOW + timedelta(days=365)
+    assert upload.image_uri == "file:///srv/uploads/u-42.jpg"
+    assert upload.image_data is None
+    assert SUBJECT not in repr(upload)
+    assert SUBJECT not in repr(dataclasses.asdict(upload))
+    assert not hasattr(upload, "subject_id")
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "uploads"
+    path.mkdir()
+    return path
+
+
+def test_inline_bytes_are_returned() -> None:
+    upload = make_upload(image_data=b"abc")
+    assert read_image(upload, LIMITS, ()) == b"abc"
+
+
+def test_inline_bytes_over_the_limit_are_too_large() -> None:
+    upload = make_upload(image_data=b"x" * 101)
+    error = rejection(read_image, upload, LimitSettings(max_upload_bytes=100), ())
+    assert error.reason is ReasonCode.TOO_LARGE
+
+
+def test_uri_inside_root_is_read(root: Path) -> None:
+    (root / "sub dir").mkdir()
+    target = root / "sub dir" / "a.jpg"
+    target.write_bytes(b"jpeg bytes")
+    upload = make_upload(image_data=None, image_uri=target.as_uri())
+    assert read_image(upload, LIMITS, [root]) == b"jpeg bytes"
+    # A symlink that stays inside the root is fine: it is the resolved target that counts.
+    (root / "link.jpg").symlink_to(target)
+    upload = make_upload(image_data=None, image_uri=(root / "link.jpg").as_uri())
+    assert read_image(upload, LIMITS, [root]) == b"jpeg bytes"
+
+
+def test_uri_outside_root_is_bad_uri(root: Path) -> None:
+    outside = root.parent / "secret.jpg"
+    outside.write_bytes(b"not yours")
+    (root / "escape.jpg").symlink_to(outside)
+    (root / "sub").mkdir()
+    uris = [
+        outside.as_uri(),
+        f"file://{root}/../secret.jpg",
+        f"file://{root}/sub/../../secret.jpg",
+        (root / "escape.jpg").as_uri(),
+        "file:///etc/passwd",
+    ]
+    for uri in uris:
+        upload = make_upload(image_data=None, image_uri=uri)
+        error = rejection(read_image, upload, LIMITS, [root])
+        assert error.reason is ReasonCode.BAD_URI, uri
+        assert "outside" in error.detail
+
+
+def test_root_prefix_is_not_containment(tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "a.jpg").write_bytes(b"x")
+    upload = make_upload(image_data=None, image_uri=(tmp_path / "uploads" / "a.jpg").as_uri())
+    assert rejection(read_image, upload, LIMITS, [tmp_path / "up"]).reason is (ReasonCode.BAD_URI)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://example.com/a.jpg",
+        "https://example.com/a.jpg",
+        "s3://bucket/a.jpg",
+        "/srv/uploads/a.jpg",
+        "file://otherhost/srv/a.jpg",
+        "data:image/png;base64,AAAA",
+    ],
+)
+def test_non_file_uris_are_bad_uri(uri: str, root: Path) -> None:
+    upload = make_upload(image_data=None, image_uri=uri)
+    assert rejection(read_image, upload, LIMITS, [root]).reason is ReasonCode.BAD_URI
+
+
+def test_missing_directory_and_fifo_are_bad_uri(root: Path) -> None:
+    os.mkfifo(root / "pipe")  # opening a FIFO for reading would block without O_NONBLOCK
+    (root / "dir.jpg").mkdir()
+    for name in ("missing.jpg", "dir.jpg", "pipe"):
+        upload = make_upload(image_data=None, image_uri=(root / name).as_uri())
+        error = rejection(read_image, upload, LIMITS, [root])
+        assert error.reason is ReasonCode.BAD_URI, name
+
+
+def test_no_roots_means_no_uris(root: Path) -> None:
+    (root / "a.jpg").write_bytes(b"x")
+    upload = make_upload(image_data=None, image_uri=(root / "a.jpg").as_uri())
+    error = rejection(read_image, upload, LIMITS, [])
+    assert error.reason is ReasonCode.BAD_URI
+    assert "uri_roots" in error.detail
+
+
+def test_large_file_is_too_large_by_stat(root: Path) -> None:
+    big = root / "big.jpg"
+    with big.open("wb") as handle:
+        handle.truncate(10 * 1024 * 1024)  # sparse: costs no disk and is never read
+    upload = make_upload(image_data=None, image_uri=big.as_uri())
+    limits = LimitSettings(max_upload_bytes=1000, max_inline_bytes=1000)
+    assert rejection(read_image, upload, limits, [root]).reason is ReasonCode.TOO_LARGE
+    (root / "exact.jpg").write_bytes(b"x" * 1000)
+    upload = make_upload(image_data=None, image_uri=(root / "exact.jpg").as_uri())
+    assert len(read_image(upload, limits, [root])) == 1000
+
+
+# --- decoding: metadata and orientation --------------------------------------------------
+
+
+def test_phone_jpeg_is_rotated_and_stripped_of_every_metadata_block() -> None:
+    stored = Image.new("RGB", (64, 32), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 16, 16))  # a red block at the stored top-left
+    jpeg = encoded(
+        stored,
+        "JPEG",
+        quality=95,
+        exif=phone_exif(orientation=6),
+        comment=COMMENT_MARKER.encode(),
+        xmp=f"<x:xmpmeta><dc:description>{XMP_MARKER}</dc:description></x:xmpmeta>".encode(),
+        icc_profile=srgb_icc(),
+    )
+    jpeg = with_app13(jpeg, iptc_block(IPTC_MARKER))
+    markers = (GPS_MARKER, USER_COMMENT_MARKER, COMMENT_MARKER, XMP_MARKER, IPTC_MARKER)
+    # The input really carries every block (else the test below proves nothing).
+    for marker in markers:
+        assert marker.encode() in jpeg
+    original = Image.open(io.BytesIO(jpeg))
+    assert original.getexif()[ExifTags.Base.Orientation] == 6
+    assert {"exif", "xmp", "comment", "icc_profile"} <= set(original.info)
+
+    clean = decode_image(jpeg, LIMITS)
+    assert isinstance(clean, CleanImage)
+    assert clean.format == "JPEG"
+    # Orientation 6 is "rotate 90 degrees clockwise to display": 64x32 stored is 32x64.
+    assert clean.pixels.shape == (64, 32, 3)
+    assert (clean.width, clean.height) == (32, 64)
+    assert clean.pixels.dtype == np.uint8
+    assert clean.pixels.flags.c_contiguous
+    # Stored top-left ends up at the displayed top-right.
+    top_right = clean.pixels[2:14, 18:30].reshape(-1, 3).mean(axis=0)
+    assert top_right[0] > 200
+    assert top_right[2] < 60
+    top_left = clean.pixels[2:14, 2:14].reshape(-1, 3).mean(axis=0)
+    assert top_left[2] > 200
+    assert top_left[0] < 60
+
+    stored_png = encode_png(clean.pixels)
+    reopened = assert_clean_png(stored_png, markers)
+    assert reopened.size == (32, 64)
+    np.testing.assert_array_equal(np.asarray(reopened), clean.pixels)
+
+
+def test_png_text_chunks_and_exif_do_not_survive() -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", PNG_TEXT_MARKERS[0])
+    info.add_text("Description", PNG_TEXT_MARKERS[1], zip=True)
+    info.add_itxt("XML:com.adobe.xmp", PNG_TEXT_MARKERS[2], lang="en", tkey="xmp")
+    pixels = gradient()
+    png = encoded(Image.fromarray(pixels), "PNG", pnginfo=info, exif=phone_exif(1))
+    assert {b"tEXt", b"zTXt", b"iTXt", b"eXIf"} <= set(png_chunk_types(png))
+
+    clean = decode_image(png, LIMITS)
+    np.testing.assert_array_equal(clean.pixels, pixels)  # lossless, orientation 1
+    assert_clean_png(encode_png(clean.pixels), (*PNG_TEXT_MARKERS, GPS_MARKER))
+
+
+def test_real_photo_decodes_and_loses_its_comment() -> None:
+    data = REAL_PHOTO.read_bytes()
+    assert "comment" in Image.open(io.BytesIO(data)).info
+    clean = decode_image(data, LIMITS)
+    assert clean.format == "JPEG"
+    assert clean.pixels.shape == (512, 512, 3)
+    assert 20 < clean.pixels.mean() < 235  # a photo, not a blank frame
+    assert_clean_png(encode_png(clean.pixels), ())
+
+
+def test_phone_mpo_decodes_its_first_frame() -> None:
+    primary = Image.new("RGB", (64, 48), (10, 200, 10))
+    preview = Image.new("RGB", (32, 24), (200, 10, 10))
+    mpo = encoded(primary, "MPO", save_all=True, append_images=[preview], exif=phone_exif(6))
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    clean = decode_image(mpo, LIMITS)  # two frames, yet max_frames=1: MPO is no animation
+    assert clean.format == "MPO"
+    assert clean.pixels.shape == (64, 48, 3)
+    assert clean.pixels[..., 1].mean() > 150
+
+
+def test_encode_png_is_deterministic_and_lossless() -> None:
+    pixels = gradient(40, 30)
+    first = encode_png(pixels)
+    assert first == encode_png(pixels.copy())
+    flipped = pixels[:, ::-1]  # a non-contiguous view
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(flipped)))), flipped)
+    np.testing.assert_array_equal(decode_image(first, LIMITS).pixels, pixels)
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)],
+)
+def test_encode_png_refuses_other_arrays(pixels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(pixels)
+
+
+# --- decoding: modes ---------------------------------------------------------------------
+
+
+def decoded(data: bytes) -> np.ndarray:
+    pixels = decode_image(data, LIMITS).pixels
+    assert pixels.dtype == np.uint8
+    assert pixels.ndim == 3
+    assert pixels.shape[2] == 3
+    assert pixels.flags.c_contiguous
+    return pixels
+
+
+def test_rgba_is_composited_on_white() -> None:
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (0, 0, 0, 0)  # transparent black
+    rgba[0, 2] = (0, 0, 0, 128)  # half-transparent black
+    pixels = decoded(encoded(Image.fromarray(rgba), "PNG"))
+    assert pixels.shape == (2, 3, 3)
+    assert tuple(pixels[0, 0]) == (255, 0, 0)
+    assert tuple(pixels[0, 1]) == (255, 255, 255)
+    assert all(abs(int(v) - 127) <= 2 for v in pixels[0, 2])
+
+
+def test_palette_with_and_without_transparency() -> None:
+    palette_image = Image.new("P", (4, 2), 1)
+    palette_image.putpalette([0, 0, 0, 0, 128, 0, 255, 255, 0] + [0] * 759)
+    palette_image.putpixel((0, 0), 2)
+    pixels = decoded(encoded(palette_image, "PNG"))
+    assert tuple(pixels[1, 1]) == (0, 128, 0)
+    assert tuple(pixels[0, 0]) == (255, 255, 0)
+    # A GIF whose index 1 is transparent: those pixels become white.
+    gif = decoded(encoded(palette_image, "GIF", transparency=1))
+    assert tuple(gif[1, 1]) == (255, 255, 255)
+    assert tuple(gif[0, 0]) == (255, 255, 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "expected"),
+    [("L", 100, 100), ("LA", (100, 200), 133), ("1", 1, 255)],  # LA: 200/255 over white
+)
+def test_grayscale_modes(mode: str, colour: int | tuple[int, int], expected: int) -> None:
+    pixels = decoded(encoded(Image.new(mode, (5, 3), colour), "PNG"))
+    assert pixels.shape == (3, 5, 3)
+    assert np.abs(pixels.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_cmyk_becomes_rgb(fmt: str) -> None:
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red in CMYK
+    pixels = decoded(encoded(cmyk, fmt))
+    assert pixels.shape == (8, 8, 3)
+    red, green, blue = pixels.reshape(-1, 3).mean(axis=0)
+    assert red > 200
+    assert green < 60
+    assert blue < 60
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped() -> None:
+    wide = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
+    source = Image.fromarray(wide)
+    assert source.mode.startswith("I;16")
+    pixels = decoded(encoded(source, "PNG"))
+    assert [int(v) for v in pixels[0, :, 0]] == [0, 128, 255]
+
+
+def test_16_bit_rgb_png() -> None:
+    # Pillow cannot write 48-bit PNGs, so this one is built by hand: one row, two pixels.
+    row = b"\x00" + struct.pack(">6H", 65535, 0, 0, 0, 32896, 65535)
+    pixels = decoded(raw_png(2, 1, 16, 2, row))
+    assert [tuple(int(v) for v in p) for p in pixels[0]] == [(255, 0, 0), (0, 128, 255)]
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "WEBP", "TIFF", "GIF"])
+def test_other_allowed_formats(fmt: str) -> None:
+    image = Image.new("RGB", (12, 10), (30, 60, 90))
+    params: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    clean = decode_image(encoded(image, fmt, **params), LIMITS)
+    assert clean.format == fmt
+    assert clean.pixels.shape == (10, 12, 3)
+
+
+def test_embedded_profiles_good_broken_or_mismatched_all_decode() -> None:
+    pixels = gradient(16, 16)
+    with_srgb = decoded(encoded(Image.fromarray(pixels), "PNG", icc_profile=srgb_icc()))
+    assert np.abs(with_srgb.astype(int) - pixels.astype(int)).max() <= 2
+    broken = encoded(Image.fromarray(pixels), "PNG", icc_profile=b"definitely not a profile")
+    np.testing.assert_array_equal(decoded(broken), pixels)
+    gray = Image.new("L", (4, 4), 77)
+    mismatched = decoded(encoded(gray, "PNG", icc_profile=srgb_icc()))
+    assert np.abs(mismatched.astype(int) - 77).max() <= 2
+
+
+# --- decoding: limits and hostile input --------------------------------------------------
+
+
+def test_decompression_bomb_is_refused_from_the_header() -> None:
+    tiny = raw_png(30_000, 30_000, 8, 2, b"\x00" * 16)
+    assert len(tiny) < 200
+    error = rejection(decode_image, tiny, LIMITS)
+    assert error.reason is ReasonCode.TOO_LARGE
+
+
+def test_pixel_and_side_limits_come_before_decoding() -> None:
+    # Both fit Pillow's own limit, and their pixel data is garbage: only a header check
+    # can call them too large rather than corrupt.
+    many_pixels = raw_png(7_000, 7_000, 8, 2, b"\x00" * 16)
+    error = rejection(decode_image, many_pixels, LIMITS)
+    assert error.reason is ReasonCode.TOO_LARGE
+    assert "max_pixels" in error.detail
+    long_side = raw_png(12_001, 10, 8, 2, b"\x00" * 16)
+    error = rejection(decode_image, long_side, LIMITS)
+    assert error.reason is ReasonCode.TOO_LARGE
+    assert "max_side_px" in error.detail
+    small_limits = LimitSettings(max_pixels=100)
+    image = encoded(Image.new("RGB", (11, 10)), "PNG")
+    assert rejection(decode_image, image, small_limits).reason is ReasonCode.TOO_LARGE
+
+
+def test_pillow_bomb_warning_is_too_large_even_under_looser_limits() -> None:
+    loose = LimitSettings(max_pixels=500_000_000, max_side_px=50_000)
+    bomb = raw_png(10_000, 10_000, 8, 2, b"\x00" * 16)
+    with pytest.warns(Image.DecompressionBombWarning):
+        error = rejection(decode_image, bomb, loose)
+    assert error.reason is ReasonCode.TOO_LARGE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        assert rejection(decode_image, bomb, loose).reason is ReasonCode.TOO_LARGE
+
+
+def test_oversized_bytes_are_too_large_before_parsing() -> None:
+    limits = LimitSettings(max_upload_bytes=1024, max_inline_bytes=1024)
+    error = rejection(decode_image, b"\x89PNG" + b"\x00" * 2000, limits)
+    assert error.reason is ReasonCode.TOO_LARGE
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_is_decode_error(fmt: str) -> None:
+    noise = Image.effect_noise((128, 128), 64).convert("RGB")
+    data = encoded(noise, fmt)
+    assert decode_image(data, LIMITS).pixels.shape == (128, 128, 3)
+    error = rejection(decode_image, data[: len(data) // 2], LIMITS)
+    assert error.reason is ReasonCode.DECODE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b"", "empty"),
+        (os.urandom(0) + bytes(range(256)) * 4, "unrecognised"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>', "SVG"),
+        (b"<!DOCTYPE html><html><body>hi</body></html>", "HTML"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "PDF"),
+    ],
+    ids=["empty", "noise", "svg", "html", "pdf"],
+)
+def test_non_images_are_decode_error(data: bytes, named: str) -> None:
+    error = rejection(decode_image, data, LIMITS)
+    assert error.reason is ReasonCode.DECODE_ERROR
+    assert named in error.detail
+
+
+def test_formats_outside_the_allow_list_are_refused() -> None:
+    image = Image.new("RGB", (8, 8), (1, 2, 3))
+    for fmt in ("PPM", "TGA", "ICO", "PCX"):
+        error = rejection(decode_image, encoded(image, fmt), LIMITS)
+        assert error.reason is ReasonCode.DECODE_ERROR, fmt
+        assert ", ".join(ALLOWED_FORMATS) in error.detail
+
+
+def test_animated_gif_is_too_large_beyond_max_frames() -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "green", "blue")]
+    gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    assert getattr(Image.open(io.BytesIO(gif)), "n_frames", 1) == 3
+    error = rejection(decode_image, gif, LIMITS)
+    assert error.reason is ReasonCode.TOO_LARGE
+    assert "frames" in error.detail
+    first = decode_image(gif, LimitSettings(max_frames=3)).pixels
+    assert tuple(first[0, 0]) == (255, 0, 0)
+
+
+# --- property: nothing but Rejected ------------------------------------------------------
+
+FUZZ_LIMITS = LimitSettings(max_pixels=1_000_000, max_side_px=4_000)
+
+
+def _seeds() -> list[bytes]:
+    small = Image.fromarray(gradient(24, 16))
+    frames = [small, small.rotate(90)]
+    return [
+        encoded(small, "PNG"),
+        encoded(small, "JPEG", exif=phone_exif(6)),
+        encoded(small, "GIF", save_all=True, append_images=frames[1:]),
+        encoded(small, "BMP"),
+        encoded(small, "WEBP"),
+        encoded(small, "TIFF"),
+        encoded(small, "MPO", save_all=True, append_images=frames[1:]),
+    ]
+
+
+SEEDS = _seeds()
+
+
+def _only_rejected(data: bytes) -> None:
+    outcome: CleanImage | Rejected
+    try:
+        outcome = decode_image(data, FUZZ_LIMITS)
+    except Rejected as exc:  # any other exception fails the property
+        outcome = exc
+    if isinstance(outcome, Rejected):
+        assert outcome.stage is Stage.ANONYMIZE
+        assert outcome.reason in (ReasonCode.DECODE_ERROR, ReasonCode.TOO_LARGE)
+    else:
+        assert outcome.pixels.dtype == np.uint8
+        assert outcome.pixels.shape[2] == 3
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_only_ever_reject(data: bytes) -> None:
+    _only_rejected(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.sampled_from(SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=6),
+    keep=st.floats(0.0, 1.0),
+)
+def test_mutated_images_only_ever_reject(
+    seed: bytes, edits: list[tuple[int, int]], keep: float
+) -> None:
+    data = bytearray(seed[: max(1, int(len(seed) * keep))] if keep < 0.98 else seed)
+    for position, value in edits:
+        data[position % len(data)] = value
+    _only_rejected(bytes(data))
+    # Pillow reports some damage as warnings; escalated to errors they must still reject.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _only_rejected(bytes(data))

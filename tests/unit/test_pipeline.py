@@ -1,0 +1,140 @@
+"""The stage chain in process (no broker): outcomes, idempotency, error isolation.
+
+Uses the real models and stores (SQLite, Qdrant local store, blobs) under a temp home;
+only the detector is wrapped at its seam where a test needs it to fail.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agents.errors import StorageError
+from agents.pipeline import Incoming, IngestPipeline, Outcome
+from agents.records import CleanImage, Detection
+from agents.stages.detect import FaceDetector
+from schemas.reasons import ReasonCode, Stage, UploadState
+from schemas.settings import Settings
+from schemas.uploads import Consent, ImagePayload, UploadEvent
+
+REAL = Path(__file__).parents[1] / "data" / "real"
+
+
+def _event(photo: bytes, subject: str, **consent: object) -> UploadEvent:
+    now = datetime.now(UTC)
+    return UploadEvent(
+        upload_id=f"u-{uuid.uuid4().hex[:12]}",
+        subject_id=subject,
+        consent=Consent(version="1", scopes=["training"], granted_at=now - timedelta(days=1), **consent),
+        image=ImagePayload(data=photo),
+        submitted_at=now,
+    )
+
+
+def _photo(name: str) -> bytes:
+    return (REAL / name).read_bytes()
+
+
+def _reencoded(name: str) -> bytes:
+    out = io.BytesIO()
+    Image.open(REAL / name).convert("RGB").save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IngestPipeline]:
+    settings = Settings(home=tmp_path_factory.mktemp("pipeline"))
+    pipe = IngestPipeline.build(settings)
+    yield pipe
+    pipe.close()
+
+
+def _states(outcomes: Sequence[Outcome]) -> list[str | None]:
+    return [
+        (o.rejection.reason.value if o.rejection else o.state.value if o.state else None)
+        for o in outcomes
+    ]
+
+
+def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
+    a = _event(_photo("london_002_neutral.jpg"), "subject-a")
+    a_other_photo = _event(_photo("london_004_smiling.jpg"), "subject-b")
+    b = _event(_photo("london_004_neutral.jpg"), "subject-b")
+    b_again = _event(_reencoded("london_004_neutral.jpg"), "subject-b")
+    expired = _event(_photo("london_003_neutral.jpg"), "subject-c",
+                     expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    batch = [Incoming(e.to_bytes()) for e in (a, a_other_photo, b, b_again, expired)]
+    batch.append(Incoming(b"{not json"))
+    batch.append(Incoming(a.to_bytes()))  # the same upload twice in one batch
+
+    outcomes = pipeline.run(batch)
+
+    assert _states(outcomes) == [
+        "accepted", "accepted", "accepted", "duplicate", "consent_expired", "bad_schema", None
+    ]
+    dup = outcomes[3].rejection
+    assert dup is not None and dup.stage is Stage.STORE and dup.subject is not None
+    assert outcomes[0].face is not None and outcomes[0].face.subject != "subject-a"
+    # Re-delivery of the whole batch changes nothing: every upload is already finished.
+    before = pipeline.repository.counts()
+    again = pipeline.run(batch)
+    assert [o.state for o in again] == [None] * len(batch)
+    assert pipeline.repository.counts() == before
+    assert pipeline.store.index.count() == 3
+
+
+class _FailsOn:
+    """A real detector that breaks on images of one width: the batched call then fails."""
+
+    def __init__(self, inner: FaceDetector, width: int) -> None:
+        self.inner = inner
+        self.width = width
+        self.name = inner.name
+
+    def detect(self, images: Sequence[CleanImage]) -> list[list[Detection]]:
+        if any(image.width == self.width for image in images):
+            raise RuntimeError("detector blew up")
+        return self.inner.detect(images)
+
+
+def test_one_broken_image_does_not_fail_its_batch(pipeline: IngestPipeline) -> None:
+    odd = io.BytesIO()
+    Image.open(REAL / "london_013_neutral.jpg").resize((333, 333)).save(odd, "JPEG")
+    good = _event(_photo("london_001_neutral.jpg"), "subject-d")
+    bad = _event(odd.getvalue(), "subject-e")
+    original = pipeline.detector
+    pipeline.detector = _FailsOn(original, 333)
+    try:
+        outcomes = pipeline.run([Incoming(good.to_bytes()), Incoming(bad.to_bytes())])
+    finally:
+        pipeline.detector = original
+    assert outcomes[0].state is UploadState.ACCEPTED
+    rejection = outcomes[1].rejection
+    assert rejection is not None
+    assert (rejection.reason, rejection.stage) == (ReasonCode.INTERNAL_ERROR, Stage.DETECT)
+    assert "detector blew up" in rejection.detail
+
+
+class _BrokenIndex:
+    def nearest_of_subject(self, *args: object, **kwargs: object) -> list[object]:
+        raise StorageError("qdrant is down")
+
+
+def test_storage_failure_stops_the_batch_and_records_nothing(pipeline: IngestPipeline) -> None:
+    event = _event(_photo("london_003_neutral.jpg"), "subject-f")
+    index = pipeline.store.index
+    pipeline.store.index = _BrokenIndex()  # type: ignore[assignment]
+    try:
+        with pytest.raises(StorageError):
+            pipeline.process([Incoming(event.to_bytes())])
+    finally:
+        pipeline.store.index = index
+    assert pipeline.repository.finished([event.upload_id]) == set()
+    # Once the store is back, the re-delivered record is accepted.
+    assert pipeline.run([Incoming(event.to_bytes())])[0].state is UploadState.ACCEPTED

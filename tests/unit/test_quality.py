@@ -1,0 +1,214 @@
+"""The quality gate on real photos and on edited copies of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+from agents.errors import Rejected
+from agents.records import CleanImage, Detection
+from agents.stages.detect import MtcnnDetector
+from agents.stages.quality import assess, measure, pose_from_landmarks
+from schemas.reasons import ReasonCode, Stage
+from schemas.settings import QualitySettings
+
+Q = QualitySettings()
+SCORES = {
+    "face_px",
+    "detection_prob",
+    "n_faces",
+    "second_face_ratio",
+    "sharpness",
+    "brightness",
+    "clipped_fraction",
+    "yaw",
+    "pitch",
+    "roll",
+}
+# A frontal face: eyes level, nose on the midline at the calibrated height, mouth below.
+FRONTAL = np.array([[40.0, 50.0], [80.0, 50.0], [60.0, 70.5], [44.0, 92.8], [76.0, 92.8]])
+
+
+def _image(pixels: np.ndarray) -> CleanImage:
+    return CleanImage(pixels=np.ascontiguousarray(pixels, dtype=np.uint8), format="PNG")
+
+
+def _rotate(pixels: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)
+    return cv2.warpAffine(pixels, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def _rejection(image: CleanImage, faces: list[Detection], q: QualitySettings = Q) -> Rejected:
+    with pytest.raises(Rejected) as caught:
+        assess(image, faces, q)
+    return caught.value
+
+
+@pytest.fixture(scope="module")
+def london(photo: Callable[[str], CleanImage]) -> CleanImage:
+    return photo("london_001_neutral.jpg")
+
+
+@pytest.fixture(scope="module")
+def london_face(london: CleanImage, portrait_faces: dict[str, list[Detection]]) -> Detection:
+    return portrait_faces["london_001_neutral.jpg"][0]
+
+
+def test_every_real_portrait_passes_with_default_settings(
+    portraits: dict[str, CleanImage], portrait_faces: dict[str, list[Detection]]
+) -> None:
+    for name, image in portraits.items():
+        report = assess(image, portrait_faces[name], Q)
+        assert set(report.scores) == SCORES, name
+        assert report.face is portrait_faces[name][0]
+        assert report.scores["n_faces"] == 1.0
+        assert report.scores["sharpness"] > Q.min_sharpness
+
+
+def test_no_face_is_rejected_at_detect(london: CleanImage) -> None:
+    err = _rejection(london, [])
+    assert (err.reason, err.stage) == (ReasonCode.NO_FACE, Stage.DETECT)
+
+
+def test_two_portraits_side_by_side_are_multiple_faces(
+    detector: MtcnnDetector, portraits: dict[str, CleanImage]
+) -> None:
+    pair = np.hstack(
+        [portraits["london_001_neutral.jpg"].pixels, portraits["london_004_neutral.jpg"].pixels]
+    )
+    image = _image(pair)
+    [faces] = detector.detect([image])
+    assert len(faces) == 2
+    err = _rejection(image, faces)
+    assert (err.reason, err.stage) == (ReasonCode.MULTIPLE_FACES, Stage.QUALITY)
+    assert "S2A_QUALITY__SECOND_FACE_RATIO" in err.detail
+
+
+def test_small_background_face_is_ignored(london: CleanImage, london_face: Detection) -> None:
+    # A face at 30% of the main face's size (someone far behind) does not count...
+    x1, y1, _, _ = london_face.box
+    side = 0.3 * london_face.size
+    background = dataclasses.replace(
+        london_face,
+        box=(x1, y1, x1 + side, y1 + side),
+        landmarks=london_face.landmarks * 0.3,
+    )
+    report = assess(london, [background, london_face], Q)
+    assert report.face is london_face
+    assert report.scores["n_faces"] == 2.0
+    assert report.scores["second_face_ratio"] == pytest.approx(0.3, abs=0.01)
+    # ...but it does once the threshold says so.
+    err = _rejection(
+        london, [background, london_face], Q.model_copy(update={"second_face_ratio": 0.25})
+    )
+    assert err.reason == ReasonCode.MULTIPLE_FACES
+
+
+def test_low_confidence(london: CleanImage, london_face: Detection) -> None:
+    unsure = dataclasses.replace(london_face, prob=0.8)
+    err = _rejection(london, [unsure])
+    assert err.reason == ReasonCode.LOW_CONFIDENCE
+    assert "0.800" in err.detail
+    assert "S2A_QUALITY__MIN_DETECTION_PROB" in err.detail
+
+
+def test_photo_downscaled_in_big_canvas_is_face_too_small(
+    detector: MtcnnDetector, london: CleanImage
+) -> None:
+    canvas = np.full((800, 800, 3), 190, dtype=np.uint8)
+    canvas[300:500, 300:500] = cv2.resize(london.pixels, (200, 200), interpolation=cv2.INTER_AREA)
+    image = _image(canvas)
+    [faces] = detector.detect([image])
+    assert len(faces) == 1
+    err = _rejection(image, faces)
+    assert (err.reason, err.stage) == (ReasonCode.FACE_TOO_SMALL, Stage.QUALITY)
+    assert "S2A_QUALITY__MIN_FACE_PX" in err.detail
+    assert f"below {Q.min_face_px} px" in err.detail
+
+
+def test_heavily_blurred_photo_is_blurry(detector: MtcnnDetector, london: CleanImage) -> None:
+    image = _image(cv2.GaussianBlur(london.pixels, (0, 0), sigmaX=6))
+    [faces] = detector.detect([image])
+    assert len(faces) == 1
+    err = _rejection(image, faces)
+    assert (err.reason, err.stage) == (ReasonCode.BLURRY, Stage.QUALITY)
+    assert err.detail.startswith("sharpness ")
+    assert f"below {Q.min_sharpness:.1f} (S2A_QUALITY__MIN_SHARPNESS)" in err.detail
+
+
+def test_darkened_photo_is_bad_exposure(detector: MtcnnDetector, london: CleanImage) -> None:
+    image = _image((london.pixels.astype(np.float32) * 0.12).astype(np.uint8))
+    [faces] = detector.detect([image])
+    assert len(faces) == 1
+    err = _rejection(image, faces)
+    # Also far below the sharpness limit: exposure is the cause and is reported first.
+    assert err.reason == ReasonCode.BAD_EXPOSURE
+    assert "S2A_QUALITY__MIN_BRIGHTNESS" in err.detail
+
+
+def test_blown_out_face_is_bad_exposure(london: CleanImage, london_face: Detection) -> None:
+    blown = np.clip(london.pixels.astype(np.float32) * 2.2 + 40, 0, 255).astype(np.uint8)
+    report = measure(_image(blown), [london_face])
+    assert report.scores["clipped_fraction"] > Q.max_clipped_fraction
+    err = _rejection(_image(blown), [london_face])
+    assert err.reason == ReasonCode.BAD_EXPOSURE
+
+
+def test_pose_of_ideal_landmarks() -> None:
+    yaw, pitch, roll = pose_from_landmarks(FRONTAL)
+    assert (yaw, roll) == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.0, abs=1e-9))
+    assert pitch == pytest.approx(0.0, abs=0.5)
+
+
+def test_pose_roll_follows_cv2_rotation_sign() -> None:
+    centre = FRONTAL.mean(axis=0)
+    matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), 30.0, 1.0)
+    rotated = FRONTAL @ matrix[:, :2].T + matrix[:, 2]
+    yaw, pitch, roll = pose_from_landmarks(rotated)
+    assert roll == pytest.approx(30.0, abs=1e-6)
+    assert yaw == pytest.approx(pose_from_landmarks(FRONTAL)[0], abs=1e-6)
+    assert pitch == pytest.approx(pose_from_landmarks(FRONTAL)[1], abs=1e-6)
+
+
+def test_pose_yaw_and_pitch_signs() -> None:
+    turned = FRONTAL.copy()
+    turned[2, 0] += 10.0  # nose towards the image's right
+    raised = FRONTAL.copy()
+    raised[2, 1] -= 8.0  # nose tip closer to the eyes: chin up
+    yaw, _, _ = pose_from_landmarks(turned)
+    _, pitch, _ = pose_from_landmarks(raised)
+    # nose depth 0.55 eye distances (40 px): atan(10 / 22) = 24.4 degrees
+    assert yaw == pytest.approx(math.degrees(math.atan(10.0 / 22.0)), abs=0.5)
+    assert pitch > 15.0
+
+
+def test_pose_near_zero_on_frontal_photos(portrait_faces: dict[str, list[Detection]]) -> None:
+    for name in ("london_001_neutral.jpg", "london_004_neutral.jpg", "london_007_neutral.jpg"):
+        yaw, pitch, roll = pose_from_landmarks(portrait_faces[name][0].landmarks)
+        assert abs(yaw) < 10.0, name
+        assert abs(pitch) < 10.0, name
+        assert abs(roll) < 6.0, name
+
+
+def test_rotated_photo_has_known_roll_and_can_fail_pose(
+    detector: MtcnnDetector, london: CleanImage, london_face: Detection
+) -> None:
+    image = _image(_rotate(london.pixels, 30.0))
+    [faces] = detector.detect([image])
+    assert len(faces) == 1
+    yaw0, pitch0, roll0 = pose_from_landmarks(london_face.landmarks)
+    yaw, pitch, roll = pose_from_landmarks(faces[0].landmarks)
+    assert roll - roll0 == pytest.approx(30.0, abs=5.0)
+    assert abs(yaw - yaw0) < 8.0
+    assert abs(pitch - pitch0) < 8.0
+    assess(image, faces, Q)  # 30 degrees is within the default 45
+    err = _rejection(image, faces, Q.model_copy(update={"max_roll_deg": 20.0}))
+    assert (err.reason, err.stage) == (ReasonCode.BAD_POSE, Stage.QUALITY)
+    assert err.detail.startswith("roll ")
+    assert "S2A_QUALITY__MAX_ROLL_DEG" in err.detail
