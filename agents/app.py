@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import faust
 from faust.types import EventT
@@ -31,7 +30,9 @@ EXIT_BATCH_FAILED = 75  # EX_TEMPFAIL: infra.runtime restarts the worker; the ba
 
 def faust_broker_url(bootstrap: str) -> str:
     """``h1:9092,h2:9092`` -> ``kafka://h1:9092;kafka://h2:9092`` (Faust's list form)."""
-    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
+    return ";".join(
+        f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()
+    )
 
 
 def create_app(
@@ -74,7 +75,7 @@ def create_app(
         value_serializer="raw",
         partitions=worker.topic_partitions,
     )
-    state: dict[str, Any] = {}
+    loading: list[asyncio.Future[IngestPipeline]] = []
     # One thread: torch already spreads each batch over the cores, and a second batch in
     # flight would only contend with it. The event loop stays free for heartbeats.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
@@ -82,10 +83,10 @@ def create_app(
     async def pipeline() -> IngestPipeline:
         # One shared future: the start-up task and the first batch may both ask at once,
         # and the stores (the Qdrant local store above all) must be opened only once.
-        if "pipeline" not in state:
+        if not loading:
             loop = asyncio.get_running_loop()
-            state["pipeline"] = loop.run_in_executor(executor, pipeline_factory, settings)
-        return await state["pipeline"]  # type: ignore[no-any-return]
+            loading.append(loop.run_in_executor(executor, pipeline_factory, settings))
+        return await loading[0]
 
     @app.task
     async def _load_models() -> None:
@@ -95,7 +96,12 @@ def create_app(
     @app.agent(uploads_topic, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         totals: dict[str, int] = {"accepted": 0, "rejected": 0, "skipped": 0}
-        async for events in stream.take_events(worker.batch_size, within=worker.batch_within_s):
+        # take_events (not take): the events carry topic, partition and offset for the
+        # dead letters and the logs. StreamT's stub lacks it; faust.Stream has it.
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            worker.batch_size, within=worker.batch_within_s
+        )
+        async for events in batches:
             try:
                 outcomes = await handle(events)
             except Exception:
@@ -156,8 +162,8 @@ def create_app(
 
     @app.timer(interval=30.0)
     async def _report() -> None:
-        if "pipeline" in state and state["pipeline"].done():
-            times = state["pipeline"].result().times
+        if loading and loading[0].done() and not loading[0].exception():
+            times = loading[0].result().times
             log.info(
                 "%d uploads so far; per-upload ms %s",
                 times.uploads,

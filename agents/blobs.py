@@ -60,4 +60,6 @@ class BlobStore:
         return True
 
     def digests(self) -> list[str]:
-        return sorted(p.name.removesuffix(self.suffix) for p in self.root.glob(f"*/*/*{self.suffix}"))
+        return sorted(
+            p.name.removesuffix(self.suffix) for p in self.root.glob(f"*/*/*{self.suffix}")
+        )

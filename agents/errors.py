@@ -42,9 +42,7 @@ class ModelWeightsMissing(PipelineError, FileNotFoundError):
 
     def __init__(self, model: str, path: Path | None, setting: str, how: str) -> None:
         where = f"at {path}" if path is not None else "(no path configured)"
-        super().__init__(
-            f"{model} weights not found {where}; set {setting} to a local file. {how}"
-        )
+        super().__init__(f"{model} weights not found {where}; set {setting} to a local file. {how}")
         self.path = path
 
 

@@ -181,22 +181,22 @@ class IngestPipeline:
             self._validate(items, now)
         with self.times.measure("anonymize"):
             for item in self._live(items):
-                self._guard(item, Stage.ANONYMIZE, lambda i=item: self._anonymize(i))
+                self._guard(item, Stage.ANONYMIZE, self._anonymize)
         with self.times.measure("detect"):
             self._detect(items)
         with self.times.measure("quality"):
             for item in self._live(items):
-                self._guard(item, Stage.QUALITY, lambda i=item: self._assess(i))
+                self._guard(item, Stage.QUALITY, self._assess)
         with self.times.measure("align"):
             for item in self._live(items):
-                self._guard(item, Stage.ALIGN, lambda i=item: self._align(i))
+                self._guard(item, Stage.ALIGN, self._align)
         with self.times.measure("embed"):
             self._embed(items)
         with self.times.measure("store"):
             # Sequential on purpose: each face must see the one stored just before it, so
             # two copies of one photo in the same batch are caught as duplicates.
             for item in self._live(items):
-                self._guard(item, Stage.STORE, lambda i=item: self._store(i))
+                self._guard(item, Stage.STORE, self._store)
         self.times.uploads += len(items)
         return [self._outcome(item, now) for item in items]
 
@@ -245,7 +245,7 @@ class IngestPipeline:
                 # retry one at a time so only the culprit is rejected.
                 log.warning("batched detection failed; retrying %d images one by one", len(chunk))
                 for item in chunk:
-                    self._guard(item, Stage.DETECT, lambda i=item: self._detect_one(i))
+                    self._guard(item, Stage.DETECT, self._detect_one)
                 continue
             for item, faces in zip(chunk, found, strict=True):
                 item.faces = faces
@@ -272,7 +272,7 @@ class IngestPipeline:
         except Exception:
             log.warning("batched embedding failed; retrying %d crops one by one", len(live))
             for item in live:
-                self._guard(item, Stage.EMBED, lambda i=item: self._embed_one(i))
+                self._guard(item, Stage.EMBED, self._embed_one)
             return
         for item, vector in zip(live, vectors, strict=True):
             item.vector = vector
@@ -299,11 +299,11 @@ class IngestPipeline:
     def _live(items: list[_Item]) -> Iterator[_Item]:
         return (item for item in items if item.live)
 
-    def _guard(self, item: _Item, stage: Stage, step: Callable[[], None]) -> None:
+    def _guard(self, item: _Item, stage: Stage, step: Callable[[_Item], None]) -> None:
         """Run one upload's step: a rejection or an unexpected error ends only that upload;
         a storage failure stops everything (the record is re-delivered after restart)."""
         try:
-            step()
+            step(item)
         except Rejected as rejected:
             item.rejected = rejected
         except StorageError:
@@ -333,7 +333,9 @@ class IngestPipeline:
                 origin=item.incoming.origin,
                 rejected_at=now,
             )
-            return Outcome(item.upload_id, UploadState.REJECTED, rejection=rejection, upload=item.upload)
+            return Outcome(
+                item.upload_id, UploadState.REJECTED, rejection=rejection, upload=item.upload
+            )
         return Outcome(item.upload_id, UploadState.ACCEPTED, face=item.face, upload=item.upload)
 
 

@@ -86,7 +86,9 @@ class FaceIndex:
                     self.collection, "subject", field_schema=models.PayloadSchemaType.KEYWORD
                 )
         except Exception as exc:
-            raise StorageError(f"cannot prepare Qdrant collection {self.collection!r}: {exc}") from exc
+            raise StorageError(
+                f"cannot prepare Qdrant collection {self.collection!r}: {exc}"
+            ) from exc
 
     def upsert(
         self,
@@ -128,7 +130,9 @@ class FaceIndex:
                 limit=limit,
             )
         except Exception as exc:
-            raise StorageError(f"cannot query Qdrant collection {self.collection!r}: {exc}") from exc
+            raise StorageError(
+                f"cannot query Qdrant collection {self.collection!r}: {exc}"
+            ) from exc
         return [Neighbour(str(p.id), float(p.score)) for p in result.points]
 
     def payloads(self, ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:

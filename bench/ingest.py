@@ -153,7 +153,9 @@ def wait_for(repository: Any, ids: set[str], deadline_s: float = 900) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-stream", action="store_true")
@@ -193,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         lines.append("")
         lines.append(f"(c)/(b) = {results['c_stream'] / results['b_chain']:.2f}")
     lines.append("")
-    lines.append("per-upload ms in (b): " + ", ".join(f"{k} {v}" for k, v in results["stage_ms"].items()))
+    lines.append(
+        "per-upload ms in (b): " + ", ".join(f"{k} {v}" for k, v in results["stage_ms"].items())
+    )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

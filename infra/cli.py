@@ -6,6 +6,7 @@ exit status 0 only on success, otherwise a one-line reason on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ def _setup_logging(level: str) -> None:
     )
     # kafka-python and alembic are chatty at INFO about every connection and plugin.
     for chatty in ("kafka", "alembic"):
-        logging.getLogger(chatty).setLevel(max(logging.ERROR if chatty == "kafka" else logging.WARNING, logging.getLogger().level))
+        logging.getLogger(chatty).setLevel(
+            max(logging.ERROR if chatty == "kafka" else logging.WARNING, logging.getLogger().level)
+        )
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -72,10 +75,8 @@ def broker(ctx: click.Context, host: str | None, port: int | None) -> None:
     embedded = EmbeddedBroker(host or settings.broker_host, port or settings.broker_port)
     with embedded:
         click.echo(f"broker listening on {embedded.bootstrap}", err=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             embedded.wait()
-        except KeyboardInterrupt:
-            pass
 
 
 @cli.command()
@@ -109,7 +110,10 @@ def up(ctx: click.Context) -> None:
 @click.option("--consent-version", default="cli-1", show_default=True)
 @click.option("--expires", type=click.DateTime(), help="consent expiry, ISO 8601")
 @click.option(
-    "--source", type=click.Choice([s.value for s in Source]), default=Source.SELFIE.value, show_default=True
+    "--source",
+    type=click.Choice([s.value for s in Source]),
+    default=Source.SELFIE.value,
+    show_default=True,
 )
 @click.option("--license", "license_", help="required for --source public-dataset")
 @click.option("--attribution", help="credit line kept with every face of a public dataset")
@@ -147,7 +151,9 @@ def publish(
     progress = Progress("published", len(files))
     with UploadPublisher(settings) as publisher:
         for path, root in files:
-            event, how = build_event(path, request, settings, subject=subject_for(path, root, request))
+            event, how = build_event(
+                path, request, settings, subject=subject_for(path, root, request)
+            )
             publisher.publish(event)
             if as_json:
                 emit_json({"upload_id": event.upload_id, "path": str(path), "image": how})
@@ -172,7 +178,17 @@ def uploads(ctx: click.Context, state: str | None, limit: int | None, as_json: b
         emit_json([row.model_dump(mode="json") for row in rows])
         return
     emit_table(
-        [(r.upload_id, r.state, r.reason, r.stage, r.finished_at.isoformat(timespec="seconds"), r.detail) for r in rows],
+        [
+            (
+                r.upload_id,
+                r.state,
+                r.reason,
+                r.stage,
+                r.finished_at.isoformat(timespec="seconds"),
+                r.detail,
+            )
+            for r in rows
+        ],
         ("upload", "state", "reason", "stage", "finished", "detail"),
     )
 
@@ -202,12 +218,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
         emit_json(report)
         return
     states = report["states"]
-    click.echo("uploads: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) if states else "uploads: none yet")
+    click.echo(
+        "uploads: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+        if states
+        else "uploads: none yet"
+    )
     for reason, n in sorted(report["reasons"].items(), key=lambda kv: -kv[1]):
         click.echo(f"  rejected {reason}: {n}")
     if report["lag"] is not None:
         lag_ = report["lag"]
-        click.echo(f"broker {settings.bootstrap_servers}: {lag_['published']} published, {lag_['behind']} not yet processed")
+        click.echo(
+            f"broker {settings.bootstrap_servers}: {lag_['published']} published, "
+            f"{lag_['behind']} not yet processed"
+        )
     else:
         click.echo(f"broker {settings.bootstrap_servers}: unreachable ({report['broker_error']})")
 

@@ -149,7 +149,10 @@ def run_demo(settings: Settings) -> DemoReport:
             expected[event.upload_id] = (sample, sample.expect)
             first_event = first_event or event
         publisher.publish_raw(b"demo-broken", BAD_SCHEMA_RECORD)
-        expected["demo-broken-record"] = (Sample("(malformed record)", "-", "bad_schema"), "bad_schema")
+        expected["demo-broken-record"] = (
+            Sample("(malformed record)", "-", "bad_schema"),
+            "bad_schema",
+        )
         if first_event is not None:
             publisher.publish(first_event)  # the same event again: must change nothing
         progress = Progress("processed", len(expected))

@@ -1,8 +1,8 @@
 """Errors of the runtime layer.
 
-    InfraError
-     ├── BrokerError (RuntimeError)      the embedded broker cannot start, or no broker answers
-     └── UsageError (ValueError)         a command line asks for something impossible
+InfraError
+ ├── BrokerError (RuntimeError)      the embedded broker cannot start, or no broker answers
+ └── UsageError (ValueError)         a command line asks for something impossible
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ accept is refused by a client default (kafka-python's is 1 MiB).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,16 +30,18 @@ INGEST_TOPICS = (uploads.TOPIC, rejections.TOPIC)
 def ensure_topics(settings: Settings, names: Iterable[str] = INGEST_TOPICS) -> None:
     """Create the topics if they are missing (the embedded broker starts empty)."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="s2a-admin")
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, client_id="s2a-admin"
+        )
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+        raise BrokerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
+        ) from exc
     try:
         for name in names:
             topic = NewTopic(settings.topic(name), settings.worker.topic_partitions, 1)
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -63,7 +66,9 @@ class UploadPublisher:
                 max_request_size=settings.limits.max_record_bytes,
             )
         except KafkaError as exc:
-            raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+            raise BrokerError(
+                f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
+            ) from exc
 
     def publish(self, event: UploadEvent) -> None:
         self.publish_raw(event.partition_key(), event.to_bytes())
@@ -107,10 +112,16 @@ def consumer_lag(settings: Settings) -> Lag:
     group = f"{settings.topic_prefix}ingest"
     topic = settings.topic(uploads.TOPIC)
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status")
-        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status")
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status"
+        )
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status"
+        )
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+        raise BrokerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
+        ) from exc
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

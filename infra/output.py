@@ -33,7 +33,9 @@ def emit_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     line = "  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True))
     sys.stdout.write(line.rstrip() + "\n")
     for row in cells:
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        sys.stdout.write(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
 
 
 class Progress:

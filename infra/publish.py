@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +16,9 @@ from infra.errors import UsageError
 from schemas.settings import Settings
 from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, Source, UploadEvent
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,7 @@ class UploadRequest:
     source: Source
     license: str | None
     attribution: str | None
-    attributes: DeclaredAttributes = DeclaredAttributes()
+    attributes: DeclaredAttributes = field(default_factory=DeclaredAttributes)
 
     def check(self) -> None:
         if self.source is Source.PUBLIC_DATASET and not self.license:

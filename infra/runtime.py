@@ -44,7 +44,9 @@ def run_worker(settings: Settings) -> None:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process build the same settings as this one."""
     env = dict(os.environ)
-    for name, value in settings.model_dump(mode="json", exclude={"pseudonym_key", "qdrant_api_key"}).items():
+    for name, value in settings.model_dump(
+        mode="json", exclude={"pseudonym_key", "qdrant_api_key"}
+    ).items():
         if value is None:
             env.pop(f"S2A_{name.upper()}", None)
         else:

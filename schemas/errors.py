@@ -1,8 +1,8 @@
 """Errors raised while reading or checking contracts.
 
-    SchemaError
-     ├── ConfigError (ValueError)        a setting is missing or contradicts another
-     └── RecordError (ValueError)        a record does not match its contract
+SchemaError
+ ├── ConfigError (ValueError)        a setting is missing or contradicts another
+ └── RecordError (ValueError)        a record does not match its contract
 """
 
 from __future__ import annotations

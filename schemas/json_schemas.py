@@ -25,7 +25,9 @@ def schema_of(name: str) -> dict[str, Any]:
     model = RECORDS[name]
     schema = model.model_json_schema(mode="serialization")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = f"https://selfie2anime.invalid/schemas/{name}.v{model.model_fields['schema_version'].default}.json"
+    schema["$id"] = (
+        f"https://selfie2anime.invalid/schemas/{name}.v{model.model_fields['schema_version'].default}.json"
+    )
     return schema
 
 

@@ -163,7 +163,5 @@ class FaceStore:
                 "embedder_random_init": random_init,
             },
         )
-        self.repository.record_accepted(
-            upload, face, declared_labels(upload, face_id, now), origin
-        )
+        self.repository.record_accepted(upload, face, declared_labels(upload, face_id, now), origin)
         return face

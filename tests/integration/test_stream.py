@@ -136,7 +136,9 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         deadline = time.monotonic() + DEADLINE_S
         # Finished: every upload has its terminal state and the worker has committed past
         # the last record (the re-delivery). Polled with a deadline, never slept on.
-        while not (len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0):
+        while not (
+            len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0
+        ):
             log_tail = stack.worker.log_path.read_text()[-3000:]
             assert stack.worker_alive(), log_tail
             assert time.monotonic() < deadline, f"uploads did not all finish in time\n{log_tail}"
@@ -144,7 +146,7 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         rejected = repository.counts().get("rejected", 0)
         dead_letters = read_rejections(settings, expect=rejected)
     # The worker has stopped here, so the Qdrant local store can be opened.
-    yield {
+    return {
         "scenario": scenario,
         "repository": repository,
         "dead_letters": dead_letters,
@@ -260,7 +262,8 @@ def test_one_dead_letter_per_rejection(outcome: dict) -> None:
     assert set(letters) == set(rejected)
     for upload_id, letter in letters.items():
         assert letter.reason.value == rejected[upload_id].reason
-        assert letter.origin is not None and letter.origin.topic.endswith("uploads")
+        assert letter.origin is not None
+        assert letter.origin.topic.endswith("uploads")
 
 
 def test_redelivered_event_changes_nothing(outcome: dict) -> None:
@@ -307,7 +310,8 @@ def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settin
         assert not [s for s in secrets if s in data]
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG"
-            assert not image.info.get("exif") and not image.getexif()
+            assert not image.info.get("exif")
+            assert not image.getexif()
             assert not set(image.info) & {
                 "comment",
                 "icc_profile",

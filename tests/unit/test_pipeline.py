@@ -31,7 +31,9 @@ def _event(photo: bytes, subject: str, **consent: object) -> UploadEvent:
     return UploadEvent(
         upload_id=f"u-{uuid.uuid4().hex[:12]}",
         subject_id=subject,
-        consent=Consent(version="1", scopes=["training"], granted_at=now - timedelta(days=1), **consent),
+        consent=Consent(
+            version="1", scopes=["training"], granted_at=now - timedelta(days=1), **consent
+        ),
         image=ImagePayload(data=photo),
         submitted_at=now,
     )
@@ -67,8 +69,11 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
     a_other_photo = _event(_photo("london_004_smiling.jpg"), "subject-b")
     b = _event(_photo("london_004_neutral.jpg"), "subject-b")
     b_again = _event(_reencoded("london_004_neutral.jpg"), "subject-b")
-    expired = _event(_photo("london_003_neutral.jpg"), "subject-c",
-                     expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    expired = _event(
+        _photo("london_003_neutral.jpg"),
+        "subject-c",
+        expires_at=datetime.now(UTC) - timedelta(minutes=1),
+    )
     batch = [Incoming(e.to_bytes()) for e in (a, a_other_photo, b, b_again, expired)]
     batch.append(Incoming(b"{not json"))
     batch.append(Incoming(a.to_bytes()))  # the same upload twice in one batch
@@ -76,11 +81,20 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
     outcomes = pipeline.run(batch)
 
     assert _states(outcomes) == [
-        "accepted", "accepted", "accepted", "duplicate", "consent_expired", "bad_schema", None
+        "accepted",
+        "accepted",
+        "accepted",
+        "duplicate",
+        "consent_expired",
+        "bad_schema",
+        None,
     ]
     dup = outcomes[3].rejection
-    assert dup is not None and dup.stage is Stage.STORE and dup.subject is not None
-    assert outcomes[0].face is not None and outcomes[0].face.subject != "subject-a"
+    assert dup is not None
+    assert dup.stage is Stage.STORE
+    assert dup.subject is not None
+    assert outcomes[0].face is not None
+    assert outcomes[0].face.subject != "subject-a"
     # Re-delivery of the whole batch changes nothing: every upload is already finished.
     before = pipeline.repository.counts()
     again = pipeline.run(batch)
