@@ -155,7 +155,7 @@ def create_app(
         for outcome in outcomes:
             if outcome.state is UploadState.ACCEPTED:
                 log.info("upload %s accepted", outcome.upload_id)
-        log.debug(
+        log.info(
             "per-upload ms %s", {k: round(v, 1) for k, v in pipe.times.per_upload_ms().items()}
         )
         return outcomes

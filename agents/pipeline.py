@@ -11,12 +11,15 @@ reached a terminal state (a re-delivery).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -30,7 +33,7 @@ from agents.stages.anonymize import decode_image, read_image, strip_identity
 from agents.stages.detect import FaceDetector
 from agents.stages.embed import FaceEmbedder
 from agents.stages.quality import assess
-from agents.stages.store import EMBED_SIZE, FaceStore
+from agents.stages.store import EMBED_SIZE, FaceStore, PreparedFace
 from agents.stages.validate import upload_id_of, validate
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection
@@ -69,6 +72,7 @@ class _Item:
     report: QualityReport | None = None
     aligned: AlignedFace | None = None
     vector: npt.NDArray[np.float32] | None = None
+    prepared: PreparedFace | None = None
     face: Face | None = None
     rejected: Rejected | None = None
     skipped: bool = False
@@ -127,6 +131,9 @@ class IngestPipeline:
         self._key = pseudonym_key
         self._clock = clock
         self.times = StageTimes()
+        self._pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="encode"
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> IngestPipeline:
@@ -152,6 +159,12 @@ class IngestPipeline:
             duplicate_similarity=settings.worker.duplicate_similarity,
         )
         models = settings.models
+        log.info(
+            "loading models: detector %s, embedder weights %s, torch threads %d",
+            models.detector,
+            models.embedder_weights or "random init",
+            torch.get_num_threads(),
+        )
         return cls(
             settings=settings,
             detector=build_detector(models),
@@ -164,6 +177,7 @@ class IngestPipeline:
         )
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.store.index.close()
 
     # -- the chain -----------------------------------------------------------------------
@@ -193,8 +207,9 @@ class IngestPipeline:
         with self.times.measure("embed"):
             self._embed(items)
         with self.times.measure("store"):
-            # Sequential on purpose: each face must see the one stored just before it, so
-            # two copies of one photo in the same batch are caught as duplicates.
+            self._prepare(items)
+            # Writes are sequential on purpose: each face must see the one stored just
+            # before it, so two copies of one photo in the same batch are duplicates.
             for item in self._live(items):
                 self._guard(item, Stage.STORE, self._store)
         self.times.uploads += len(items)
@@ -280,6 +295,13 @@ class IngestPipeline:
     def _embed_one(self, item: _Item) -> None:
         item.vector = self.embedder.embed([_require(item.aligned).crops[EMBED_SIZE]])[0]
 
+    def _prepare(self, items: list[_Item]) -> None:
+        """PNG-encode every crop of the batch on all cores (zlib releases the GIL)."""
+        live = list(self._live(items))
+        futures = [self._pool.submit(FaceStore.prepare, _require(i.aligned)) for i in live]
+        for item, future in zip(live, futures, strict=True):
+            self._guard(item, Stage.STORE, partial(_collect_prepared, future))
+
     def _store(self, item: _Item) -> None:
         item.face = self.store.store(
             _require(item.upload),
@@ -287,6 +309,7 @@ class IngestPipeline:
             _require(item.report),
             _require(item.aligned),
             _require(item.vector),
+            _require(item.prepared),
             detector=self.detector.name,
             embedder=self.embedder.name,
             random_init=self.embedder.random_init,
@@ -337,6 +360,10 @@ class IngestPipeline:
                 item.upload_id, UploadState.REJECTED, rejection=rejection, upload=item.upload
             )
         return Outcome(item.upload_id, UploadState.ACCEPTED, face=item.face, upload=item.upload)
+
+
+def _collect_prepared(future: Future[PreparedFace], item: _Item) -> None:
+    item.prepared = future.result()
 
 
 def _require(value: T | None) -> T:

@@ -219,6 +219,12 @@ class Repository:
             faces = list(session.exec(statement).all())
         return [_as_utc(face) for face in faces]
 
+    def face_ids_of_subject(self, pseudonym: str) -> list[str]:
+        """The ids of one subject's stored faces (index-only: cheap on every upload)."""
+        statement = model_select(Face.face_id).where(col(Face.subject) == pseudonym)
+        with _storage("face_ids_of_subject"), Session(self._engine) as session:
+            return list(session.exec(statement).all())
+
     def labels_of_face(self, face_id: str) -> list[Label]:
         """The labels of one face, by name then source."""
         statement = (

@@ -8,7 +8,6 @@ subject pseudonym, never a raw id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,13 +26,6 @@ APPEARANCE_VECTOR = "appearance"
 APPEARANCE_DIM = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Neighbour:
-    face_id: str
-    score: float
-    """cosine similarity"""
-
-
 def open_client(settings: Settings) -> QdrantClient:
     """A client for the configured Qdrant: server when ``qdrant_url`` is set, else local."""
     if settings.qdrant_url:
@@ -44,13 +36,13 @@ def open_client(settings: Settings) -> QdrantClient:
 
 
 class FaceIndex:
-    """Face embeddings with subject-scoped nearest-neighbour lookup.
+    """Face embeddings and appearance signatures, one point per accepted face.
 
     Example::
 
         index = FaceIndex(QdrantClient(":memory:"))
         index.upsert(face_id, {"face": vector, "appearance": signature}, {"subject": pseudonym})
-        index.nearest_of_subject(signature, pseudonym, using="appearance", exclude=face_id)
+        index.vectors([face_id], "appearance")
     """
 
     def __init__(
@@ -106,34 +98,20 @@ class FaceIndex:
         except Exception as exc:
             raise StorageError(f"cannot upsert face {face_id} into Qdrant: {exc}") from exc
 
-    def nearest_of_subject(
-        self,
-        vector: npt.NDArray[np.float32],
-        subject: str,
-        *,
-        using: str = FACE_VECTOR,
-        exclude: str | None = None,
-        limit: int = 3,
-    ) -> list[Neighbour]:
-        must: list[models.Condition] = [
-            models.FieldCondition(key="subject", match=models.MatchValue(value=subject))
-        ]
-        must_not: list[models.Condition] = []
-        if exclude is not None:
-            must_not.append(models.HasIdCondition(has_id=[exclude]))
+    def vectors(self, ids: Sequence[str], name: str) -> dict[str, npt.NDArray[np.float32]]:
+        """The named vector of each of ``ids`` that exists (a lookup by id, no scan)."""
+        if not ids:
+            return {}
         try:
-            result = self.client.query_points(
-                self.collection,
-                query=vector.astype(np.float32).tolist(),
-                using=using,
-                query_filter=models.Filter(must=must, must_not=must_not),
-                limit=limit,
-            )
+            points = self.client.retrieve(self.collection, ids=list(ids), with_vectors=[name])
         except Exception as exc:
-            raise StorageError(
-                f"cannot query Qdrant collection {self.collection!r}: {exc}"
-            ) from exc
-        return [Neighbour(str(p.id), float(p.score)) for p in result.points]
+            raise StorageError(f"cannot read vectors from Qdrant: {exc}") from exc
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for point in points:
+            vector = point.vector.get(name) if isinstance(point.vector, dict) else None
+            if vector is not None:
+                out[str(point.id)] = np.asarray(vector, dtype=np.float32)
+        return out
 
     def payloads(self, ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """Every point's payload (or those of ``ids``), for audits and tests."""

@@ -35,6 +35,7 @@ from agents.pipeline import Incoming, IngestPipeline  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from schemas.uploads import Consent, ImagePayload, UploadEvent  # noqa: E402
 
+POLL_S = 0.02
 PHOTOS = sorted((ROOT / "tests" / "data" / "real").glob("london_*.jpg"))
 
 
@@ -44,14 +45,14 @@ def images(n: int) -> list[bytes]:
     return [data[i % len(data)] for i in range(n)]
 
 
-def events(blobs: list[bytes]) -> list[bytes]:
+def events(blobs: list[bytes], subject_prefix: str = "bench-subject") -> list[bytes]:
     now = datetime.now(UTC)
     consent = Consent(version="bench", scopes=["training"], granted_at=now)
     # A subject per upload: repeated photos must not be rejected as duplicates.
     return [
         UploadEvent(
             upload_id=f"bench-{uuid.uuid4().hex}",
-            subject_id=f"bench-subject-{i}",
+            subject_id=f"{subject_prefix}-{i}",
             consent=consent,
             image=ImagePayload(data=blob),
             submitted_at=now,
@@ -131,7 +132,7 @@ def stream(blobs: list[bytes], home: Path) -> float:
     settings = Settings(home=home, broker_port=port, log_level="WARNING")
     with Stack(settings), UploadPublisher(settings) as publisher:
         repository = Repository(create_engine_for(settings.sql_url))
-        warm = events(blobs[:1])
+        warm = events(blobs[:1], subject_prefix="bench-warm")
         publisher.publish_raw(b"warm", warm[0])
         wait_for(repository, {UploadEvent.from_bytes(warm[0]).upload_id})
         records = events(blobs)
@@ -149,7 +150,7 @@ def wait_for(repository: Any, ids: set[str], deadline_s: float = 900) -> None:
     while len(repository.finished(ids)) < len(ids):
         if time.monotonic() > end:
             raise TimeoutError(f"{len(repository.finished(ids))}/{len(ids)} finished")
-        time.sleep(0.02)
+        time.sleep(POLL_S)
 
 
 def main(argv: list[str] | None = None) -> None:

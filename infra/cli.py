@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from infra.errors import InfraError
 from infra.output import Progress, emit_json, emit_table
@@ -262,6 +263,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (InfraError, SchemaError) as exc:
         sys.stderr.write(f"s2a: {exc}\n")
+        sys.exit(1)
+    except ValidationError as exc:  # settings from the environment that do not validate
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        sys.stderr.write(f"s2a: invalid settings (S2A_* variables): {problems}\n")
         sys.exit(1)
     except Exception as exc:  # the one-line promise holds for bugs too; the log has more
         log.debug("unhandled error", exc_info=True)

@@ -33,6 +33,7 @@ import io
 import os
 import stat
 import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -55,7 +56,9 @@ ALLOWED_FORMATS: Final[tuple[str, ...]] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", 
 # raises KeyError.
 _OPENERS: Final[tuple[str, ...]] = tuple(f for f in ALLOWED_FORMATS if f != "MPO")
 
-PNG_COMPRESS_LEVEL: Final = 3
+PNG_COMPRESS_LEVEL: Final = 2
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+_PNG_FILTER_SUB: Final = 1
 """zlib level for stored crops: most of level 9's size at a fraction of its time."""
 
 # Everything Pillow's decoders are known to raise for malformed input (its own fuzzing
@@ -217,17 +220,38 @@ def encode_png(pixels: RGBImage) -> bytes:
 
     Only IHDR, IDAT and IEND are written (no text, EXIF, ICC or time chunks), and the same
     pixels always give the same bytes, so stored crops are content-addressable.
+
+    Written here rather than by Pillow because it is the store stage's hot spot: every
+    accepted face is two crops (256 and 512 px), and Pillow's adaptive filtering took
+    ~30 ms a 512 px crop on this machine's CPUs. One "Sub" filter for every row (a numpy
+    subtraction) and zlib level 2 take under half that for files about 15% larger; zlib
+    also releases the GIL, so crops encode in parallel threads.
     """
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(
             f"pixels must be height x width x 3 uint8, got shape {pixels.shape} {pixels.dtype}"
         )
-    # A fresh image from an array has an empty info dict, and nothing is passed to save()
-    # that would add a chunk; compress_level is fixed so the output is deterministic.
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
-    return out.getvalue()
+    height, width = pixels.shape[:2]
+    rows = np.ascontiguousarray(pixels).reshape(height, width * 3)
+    scanlines = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    scanlines[:, 0] = _PNG_FILTER_SUB
+    scanlines[:, 1:4] = rows[:, :3]
+    # uint8 arithmetic wraps modulo 256, which is exactly the PNG Sub filter.
+    np.subtract(rows[:, 3:], rows[:, :-3], out=scanlines[:, 4:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_COMPRESS_LEVEL)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def _check_size(size: int, limits: LimitSettings) -> None:

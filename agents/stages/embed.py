@@ -86,7 +86,9 @@ class FaceEmbedder:
                 ) from err
             self.random_init = False
             self.name = f"inception_resnet_v1/file={path.name}/sha256={_sha256(path)[:12]}"
-        self._model.eval()
+        # channels_last lets oneDNN pick its fastest convolution kernels: 38 -> 30 ms a
+        # crop at batch 32 on this machine's 2 cores, same outputs to float tolerance.
+        self._model.eval().to(memory_format=torch.channels_last)
 
     def embed(self, crops: Sequence[RGBImage]) -> npt.NDArray[np.float32]:
         """``(len(crops), 512)`` unit-length float32 rows, one per crop, in order."""
@@ -95,7 +97,7 @@ class FaceEmbedder:
             chunk = crops[start : start + self.batch_size]
             batch = torch.from_numpy(
                 np.stack([self._prepare(c, start + i) for i, c in enumerate(chunk)])
-            )
+            ).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 vectors = self._model(batch)
                 # facenet's forward already L2-normalizes; doing it here too keeps the

@@ -9,6 +9,7 @@ upload unfinished, so the re-delivered record redoes the same writes.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import cv2
@@ -68,14 +69,23 @@ def declared_labels(upload: ValidUpload, face_id: str, now: datetime) -> list[La
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedFace:
+    """What the store writes for a face, computed ahead (and in parallel) of the writes."""
+
+    signature: npt.NDArray[np.float32]
+    pngs: dict[int, bytes]
+
+
 class FaceStore:
     """Writes an accepted face everywhere it belongs, refusing near-duplicates.
 
     Example::
 
         store = FaceStore(BlobStore(settings.blob_dir), FaceIndex(client), Repository(engine),
-                          duplicate_similarity=0.97)
-        face = store.store(upload, image, report, aligned, vector, detector="mtcnn",
+                          duplicate_similarity=0.985)
+        prepared = store.prepare(aligned)
+        face = store.store(upload, image, report, aligned, vector, prepared, detector="mtcnn",
                            embedder="inception_resnet_v1/random-init/seed=0", random_init=True)
     """
 
@@ -92,22 +102,38 @@ class FaceStore:
         self.repository = repository
         self.duplicate_similarity = duplicate_similarity
 
+    @staticmethod
+    def prepare(aligned: AlignedFace) -> PreparedFace:
+        """Signature and PNG bytes of a face: CPU work with no I/O, safe in any thread."""
+        return PreparedFace(
+            signature=appearance_signature(aligned.crops[EMBED_SIZE]),
+            pngs={size: encode_png(aligned.crops[size]) for size in TRAINING_SIZES},
+        )
+
     def check_duplicate(self, upload: ValidUpload, signature: npt.NDArray[np.float32]) -> None:
+        """Refuse a face that looks like one already stored for the same subject.
+
+        Compares against that subject's faces only, found by id through SQL's subject
+        index: the cost grows with one person's uploads, never with the whole collection
+        (the Qdrant local store would scan every point to apply a filter).
+        """
         face_id = face_id_for(upload.upload_id)
         # Excluding our own id matters after a crash: the point may already be in Qdrant
         # from the first attempt, and must not make the retry a duplicate of itself.
-        nearest = self.index.nearest_of_subject(
-            signature, upload.subject, using=APPEARANCE_VECTOR, exclude=face_id, limit=1
-        )
-        for near in nearest:
-            if near.score >= self.duplicate_similarity:
-                raise Rejected(
-                    ReasonCode.DUPLICATE,
-                    Stage.STORE,
-                    f"appearance similarity {near.score:.3f} to face {near.face_id} of the "
-                    f"same subject reaches {self.duplicate_similarity} "
-                    "(S2A_WORKER__DUPLICATE_SIMILARITY)",
-                )
+        ids = [i for i in self.repository.face_ids_of_subject(upload.subject) if i != face_id]
+        stored = self.index.vectors(ids, APPEARANCE_VECTOR)
+        if not stored:
+            return
+        other, vectors = zip(*stored.items(), strict=True)
+        scores = np.stack(vectors) @ signature
+        best = int(np.argmax(scores))
+        if scores[best] >= self.duplicate_similarity:
+            raise Rejected(
+                ReasonCode.DUPLICATE,
+                Stage.STORE,
+                f"appearance similarity {scores[best]:.3f} to face {other[best]} of the same "
+                f"subject reaches {self.duplicate_similarity} (S2A_WORKER__DUPLICATE_SIMILARITY)",
+            )
 
     def store(
         self,
@@ -116,17 +142,17 @@ class FaceStore:
         report: QualityReport,
         aligned: AlignedFace,
         vector: npt.NDArray[np.float32],
+        prepared: PreparedFace,
         *,
         detector: str,
         embedder: str,
         random_init: bool,
         origin: Origin | None = None,
     ) -> Face:
-        signature = appearance_signature(aligned.crops[EMBED_SIZE])
-        self.check_duplicate(upload, signature)
+        self.check_duplicate(upload, prepared.signature)
         face_id = face_id_for(upload.upload_id)
         now = datetime.now(UTC)
-        crops = {size: self.blobs.put(encode_png(aligned.crops[size])) for size in TRAINING_SIZES}
+        crops = {size: self.blobs.put(png) for size, png in prepared.pngs.items()}
         face = Face(
             face_id=face_id,
             upload_id=upload.upload_id,
@@ -153,7 +179,7 @@ class FaceStore:
         )
         self.index.upsert(
             face_id,
-            {FACE_VECTOR: vector, APPEARANCE_VECTOR: signature},
+            {FACE_VECTOR: vector, APPEARANCE_VECTOR: prepared.signature},
             {
                 "face_id": face_id,
                 "subject": upload.subject,

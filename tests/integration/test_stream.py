@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from agents.blobs import BlobStore
 from agents.db import create_engine_for
 from agents.repository import Repository
 from infra.kafka import UploadPublisher, consumer_lag, read_rejections
-from infra.runtime import Stack
+from infra.runtime import Stack, settings_env
 from schemas.settings import LimitSettings, Settings
 from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, UploadEvent
 
@@ -129,6 +131,26 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 publisher.publish(case.event)
             else:
                 publisher.publish_raw(upload_id.encode(), case.raw or b"")
+        # One upload through the command line, as an operator would publish it.
+        published = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "infra.cli",
+                "publish",
+                str(REAL / "london_013_neutral.jpg"),
+                "--subject",
+                "cli-person@example.com",
+                "--json",
+            ],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        scenario.raw_subjects.append("cli-person@example.com")
+        for line in published.stdout.splitlines():
+            scenario.cases[json.loads(line)["upload_id"]] = Case(None, None, "accepted")
         # The same event again: a re-delivery must change nothing.
         redelivered = next(c.event for c in scenario.cases.values() if c.expect == "accepted")
         publisher.publish(redelivered)
@@ -152,6 +174,7 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "dead_letters": dead_letters,
         "redelivered": redelivered,
         "worker_log": (settings.run_dir / "worker.log").read_text(),
+        "published_stdout": published.stdout,
     }
 
 
@@ -338,3 +361,33 @@ def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settin
     # Logs.
     log = outcome["worker_log"].encode()
     assert not [s for s in secrets if s in log]
+
+
+def test_cli_reports_print_json_only(outcome: dict, settings: Settings) -> None:
+    env = settings_env(settings)
+    lines = outcome["published_stdout"].splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["image"] == "inline"
+    listed = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "uploads", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    uploads = json.loads(listed.stdout)
+    repository: Repository = outcome["repository"]
+    assert {u["upload_id"] for u in uploads} == {r.upload_id for r in repository.list_uploads()}
+    # The broker is gone now: status still reports from SQL, names the broker problem and
+    # exits 0.
+    status = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(status.stdout)
+    assert report["states"] == repository.counts()
+    assert report["lag"] is None
+    assert report["broker_error"]

@@ -136,12 +136,13 @@ def test_one_broken_image_does_not_fail_its_batch(pipeline: IngestPipeline) -> N
 
 
 class _BrokenIndex:
-    def nearest_of_subject(self, *args: object, **kwargs: object) -> list[object]:
+    def vectors(self, *args: object, **kwargs: object) -> dict[str, object]:
         raise StorageError("qdrant is down")
 
 
 def test_storage_failure_stops_the_batch_and_records_nothing(pipeline: IngestPipeline) -> None:
-    event = _event(_photo("london_003_neutral.jpg"), "subject-f")
+    # subject-b has faces already, so the duplicate check reads Qdrant and meets the failure.
+    event = _event(_photo("london_003_neutral.jpg"), "subject-b")
     index = pipeline.store.index
     pipeline.store.index = _BrokenIndex()  # type: ignore[assignment]
     try:

@@ -1,0 +1,103 @@
+"""Faults: a worker killed mid-stream loses nothing and processes nothing twice.
+
+The worker is SIGKILLed (no shutdown, no offset commit) while uploads are in flight; a new
+worker takes over, and every upload still ends in exactly one terminal state with one
+face, one Qdrant point and its crops.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agents.blobs import BlobStore
+from agents.db import create_engine_for
+from agents.repository import Repository
+from agents.vectors import FaceIndex
+from infra.kafka import UploadPublisher, consumer_lag
+from infra.runtime import Stack, WorkerProcess
+from schemas.settings import Settings, WorkerSettings
+from schemas.uploads import Consent, ImagePayload, UploadEvent
+
+pytestmark = pytest.mark.integration
+REAL = Path(__file__).parents[1] / "data" / "real"
+DEADLINE_S = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(condition: object, stack: Stack, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        broker_port=_free_port(),
+        topic_prefix=f"f{uuid.uuid4().hex[:6]}.",
+        # Small batches, so the kill lands between committed and uncommitted work.
+        worker=WorkerSettings(batch_size=4),
+    )
+    photos = sorted(REAL.glob("london_*.jpg"))
+    now = datetime.now(UTC)
+    events = [
+        UploadEvent(
+            upload_id=f"fault-{i}",
+            subject_id=f"fault-subject-{i}",
+            consent=Consent(version="1", scopes=["training"], granted_at=now),
+            image=ImagePayload(data=photos[i % len(photos)].read_bytes()),
+            submitted_at=now,
+        )
+        for i in range(24)
+    ]
+    ids = {e.upload_id for e in events}
+    repository = Repository(create_engine_for(settings.sql_url))
+    with Stack(settings) as stack, UploadPublisher(settings) as publisher:
+        for event in events:
+            publisher.publish(event)
+        _wait(lambda: len(repository.finished(ids)) >= 4, stack, "the first uploads")
+        proc = stack.worker.proc
+        assert proc is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(repository.finished(ids)) < len(ids), "the kill came too late to test"
+        stack.worker = WorkerProcess(settings)
+        stack.worker.start()
+        _wait(
+            lambda: (
+                len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0
+            ),
+            stack,
+            "every upload after the restart",
+        )
+    rows = repository.list_uploads()
+    assert sorted(r.upload_id for r in rows) == sorted(ids)
+    assert {r.state for r in rows} == {"accepted"}
+    faces = [f for i in ids for f in repository.faces_of_subject(_subject_of(repository, i))]
+    assert len(faces) == len(ids)
+    index = FaceIndex.from_settings(settings)
+    try:
+        assert index.count() == len(ids)
+    finally:
+        index.close()
+    blobs = BlobStore(settings.blob_dir)
+    assert all(blobs.exists(f.crop_256) and blobs.exists(f.crop_512) for f in faces)
+
+
+def _subject_of(repository: Repository, upload_id: str) -> str:
+    row = next(r for r in repository.list_uploads() if r.upload_id == upload_id)
+    assert row.subject is not None
+    return row.subject
