@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
 from faust.types import EventT
 
+from agents.errors import EXIT_RESTART
 from agents.pipeline import Incoming, IngestPipeline, Outcome
 from schemas import rejections, uploads
 from schemas.reasons import UploadState
@@ -25,7 +27,6 @@ from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-EXIT_BATCH_FAILED = 75  # EX_TEMPFAIL: infra.runtime restarts the worker; the batch is re-delivered
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -59,22 +60,19 @@ def create_app(
         producer_max_request_size=settings.limits.max_record_bytes,
         consumer_max_fetch_size=max(settings.limits.max_record_bytes, MiB),
     )
-    uploads_topic = app.topic(
-        settings.topic(uploads.TOPIC),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=worker.topic_partitions,
-    )
-    dlq_topic = app.topic(
-        settings.topic(rejections.TOPIC),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=worker.topic_partitions,
-    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(
+            settings.topic(name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=worker.topic_partitions,
+        )
+
+    uploads_topic = raw_topic(uploads.TOPIC)
+    dlq_topic = raw_topic(rejections.TOPIC)
     loading: list[asyncio.Future[IngestPipeline]] = []
     # One thread: torch already spreads each batch over the cores, and a second batch in
     # flight would only contend with it. The event loop stays free for heartbeats.
@@ -101,7 +99,9 @@ def create_app(
         batches = stream.take_events(  # type: ignore[attr-defined]
             worker.batch_size, within=worker.batch_within_s
         )
+        waited_since = time.perf_counter()
         async for events in batches:
+            started = time.perf_counter()
             try:
                 outcomes = await handle(events)
             except Exception:
@@ -110,11 +110,19 @@ def create_app(
                 # instead: nothing of this batch is committed, and the supervisor's restart
                 # re-delivers it (every sink is idempotent).
                 log.critical("ingest batch failed; exiting without commit", exc_info=True)
-                os._exit(EXIT_BATCH_FAILED)
+                os._exit(EXIT_RESTART)
             for outcome in outcomes:
                 key = outcome.state.value if outcome.state else "skipped"
                 totals[key] = totals.get(key, 0) + 1
-            log.info("batch of %d done; totals %s", len(outcomes), totals)
+            done = time.perf_counter()
+            log.info(
+                "batch of %d done in %.0f ms (waited %.0f ms for it); totals %s",
+                len(outcomes),
+                1000 * (done - started),
+                1000 * (started - waited_since),
+                totals,
+            )
+            waited_since = done
 
     async def handle(events: Sequence[EventT]) -> list[Outcome]:
         loop = asyncio.get_running_loop()

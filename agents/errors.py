@@ -17,6 +17,10 @@ from pathlib import Path
 
 from schemas.reasons import ReasonCode, Stage
 
+#: A worker that stops after a failed batch exits with this (EX_TEMPFAIL): its supervisor
+#: (``s2a up``) restarts it, and the uncommitted batch is re-delivered.
+EXIT_RESTART = 75
+
 
 class PipelineError(Exception):
     """Base class for every error raised by :mod:`agents`."""

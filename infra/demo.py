@@ -8,13 +8,13 @@ terminal state, and reports what became of each next to what was expected.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from infra.broker import free_port
 from infra.errors import BrokerError
 from infra.kafka import UploadPublisher, consumer_lag, read_rejections
 from infra.output import Progress
@@ -61,12 +61,6 @@ SAMPLES = (
 
 def samples_dir() -> Path:
     return Path(__file__).with_name("samples")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -117,7 +111,7 @@ def run_demo(settings: Settings) -> DemoReport:
     shutil.rmtree(home, ignore_errors=True)
     update: dict[str, Any] = {"home": home}
     if settings.embedded_broker:
-        update["broker_port"] = _free_port()
+        update["broker_port"] = free_port()
     else:
         # On a shared cluster the demo keeps to topics of its own.
         update["topic_prefix"] = f"{settings.topic_prefix}demo-{int(time.time())}."

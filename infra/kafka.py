@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -24,19 +24,23 @@ from schemas.settings import Settings
 from schemas.uploads import UploadEvent
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 INGEST_TOPICS = (uploads.TOPIC, rejections.TOPIC)
 
 
-def ensure_topics(settings: Settings, names: Iterable[str] = INGEST_TOPICS) -> None:
-    """Create the topics if they are missing (the embedded broker starts empty)."""
+def _connect(client: Callable[..., T], settings: Settings, **options: Any) -> T:
+    """A kafka-python client, or a BrokerError that names the address tried."""
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers, client_id="s2a-admin"
-        )
+        return client(bootstrap_servers=settings.bootstrap_servers, **options)
     except KafkaError as exc:
         raise BrokerError(
             f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
         ) from exc
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] = INGEST_TOPICS) -> None:
+    """Create the topics if they are missing (the embedded broker starts empty)."""
+    admin = _connect(KafkaAdminClient, settings, client_id="s2a-admin")
     try:
         for name in names:
             topic = NewTopic(settings.topic(name), settings.worker.topic_partitions, 1)
@@ -57,18 +61,14 @@ class UploadPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(uploads.TOPIC)
-        try:
-            self.producer = KafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers,
-                client_id="s2a-publish",
-                acks="all",
-                linger_ms=5,
-                max_request_size=settings.limits.max_record_bytes,
-            )
-        except KafkaError as exc:
-            raise BrokerError(
-                f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
-            ) from exc
+        self.producer = _connect(
+            KafkaProducer,
+            settings,
+            client_id="s2a-publish",
+            acks="all",
+            linger_ms=5,
+            max_request_size=settings.limits.max_record_bytes,
+        )
 
     def publish(self, event: UploadEvent) -> None:
         self.publish_raw(event.partition_key(), event.to_bytes())
@@ -86,12 +86,7 @@ class UploadPublisher:
     def __enter__(self) -> UploadPublisher:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -111,17 +106,8 @@ def consumer_lag(settings: Settings) -> Lag:
     """End offsets of ``uploads`` against the ingest group's committed offsets."""
     group = f"{settings.topic_prefix}ingest"
     topic = settings.topic(uploads.TOPIC)
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status"
-        )
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers, client_id="s2a-status"
-        )
-    except KafkaError as exc:
-        raise BrokerError(
-            f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
-        ) from exc
+    consumer = _connect(KafkaConsumer, settings, client_id="s2a-status")
+    admin = _connect(KafkaAdminClient, settings, client_id="s2a-status")
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -143,15 +129,16 @@ def consumer_lag(settings: Settings) -> Lag:
 def read_rejections(settings: Settings, expect: int, timeout_s: float = 30.0) -> list[Rejection]:
     """Records on ``uploads-dlq`` from the beginning, until ``expect`` distinct uploads
     are seen or ``timeout_s`` passes without a new record."""
-    consumer = KafkaConsumer(
-        settings.topic(rejections.TOPIC),
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = _connect(
+        KafkaConsumer,
+        settings,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=int(timeout_s * 1000),
         fetch_max_bytes=max(settings.limits.max_record_bytes, 50 * 1024 * 1024),
         max_partition_fetch_bytes=settings.limits.max_record_bytes,
     )
+    consumer.subscribe([settings.topic(rejections.TOPIC)])
     found: list[Rejection] = []
     seen: set[str] = set()
     try:

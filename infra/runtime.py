@@ -10,16 +10,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 
+from agents.errors import EXIT_RESTART
 from infra.broker import EmbeddedBroker
 from infra.errors import BrokerError
 from infra.kafka import ensure_topics
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
-#: A worker exits with this after a failed batch; the stack restarts it (re-delivery).
-RESTART_EXIT = 75
 
 
 def run_worker(settings: Settings) -> None:
@@ -130,7 +128,7 @@ class Stack:
             if proc is None:
                 raise BrokerError("worker was never started")
             code = proc.wait()
-            if code != RESTART_EXIT:
+            if code != EXIT_RESTART:
                 raise BrokerError(f"worker exited with status {code}; see {self.worker.log_path}")
             log.warning("worker asked for a restart after a failed batch; restarting")
             self.worker.start()
@@ -143,10 +141,5 @@ class Stack:
         if self.broker is not None:
             self.broker.stop()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -8,7 +8,6 @@ face, one Qdrant point and its crops.
 from __future__ import annotations
 
 import signal
-import socket
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from agents.blobs import BlobStore
 from agents.db import create_engine_for
 from agents.repository import Repository
 from agents.vectors import FaceIndex
+from infra.broker import free_port
 from infra.kafka import UploadPublisher, consumer_lag
 from infra.runtime import Stack, WorkerProcess
 from schemas.settings import Settings, WorkerSettings
@@ -28,12 +28,6 @@ from schemas.uploads import Consent, ImagePayload, UploadEvent
 pytestmark = pytest.mark.integration
 REAL = Path(__file__).parents[1] / "data" / "real"
 DEADLINE_S = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(condition: object, stack: Stack, what: str) -> None:
@@ -46,7 +40,7 @@ def _wait(condition: object, stack: Stack, what: str) -> None:
 def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path,
-        broker_port=_free_port(),
+        broker_port=free_port(),
         topic_prefix=f"f{uuid.uuid4().hex[:6]}.",
         # Small batches, so the kill lands between committed and uncommitted work.
         worker=WorkerSettings(batch_size=4),

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from PIL import Image
 from agents.blobs import BlobStore
 from agents.db import create_engine_for
 from agents.repository import Repository
+from infra.broker import free_port
 from infra.kafka import UploadPublisher, consumer_lag, read_rejections
 from infra.runtime import Stack, settings_env
 from schemas.settings import LimitSettings, Settings
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.integration
 DATA = Path(__file__).parents[1] / "data"
 REAL = DATA / "real"
 DEADLINE_S = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _jpeg(image: Image.Image, **params: object) -> bytes:
@@ -112,7 +106,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     (home / "incoming").mkdir()
     return Settings(
         home=home,
-        broker_port=_free_port(),
+        broker_port=free_port(),
         topic_prefix=f"it{uuid.uuid4().hex[:6]}.",
         uri_roots=(home / "incoming",),
         # A small inline limit, so the too-large path is exercised with small files.
@@ -149,7 +143,17 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             check=True,
         )
         scenario.raw_subjects.append("cli-person@example.com")
-        for line in published.stdout.splitlines():
+        # A public-dataset folder: one subject per file, the license on every face.
+        dataset = settings.home.parent / "celeba-like"
+        dataset.mkdir()
+        for name in ("london_007_neutral.jpg", "selfie_lisa1.jpg"):
+            (dataset / name).write_bytes((REAL / name).read_bytes())
+        imported = subprocess.run(
+            [sys.executable, "-m", "infra.cli", "publish", str(dataset), "--source",
+             "public-dataset", "--license", "CC-BY-4.0", "--attribution", "Test Set", "--json"],
+            env=settings_env(settings), capture_output=True, text=True, check=True,
+        )
+        for line in (published.stdout + imported.stdout).splitlines():
             scenario.cases[json.loads(line)["upload_id"]] = Case(None, None, "accepted")
         # The same event again: a re-delivery must change nothing.
         redelivered = next(c.event for c in scenario.cases.values() if c.expect == "accepted")
@@ -175,6 +179,7 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "redelivered": redelivered,
         "worker_log": (settings.run_dir / "worker.log").read_text(),
         "published_stdout": published.stdout,
+        "imported_stdout": imported.stdout,
     }
 
 
@@ -391,3 +396,18 @@ def test_cli_reports_print_json_only(outcome: dict, settings: Settings) -> None:
     assert report["states"] == repository.counts()
     assert report["lag"] is None
     assert report["broker_error"]
+
+
+def test_public_dataset_license_is_on_every_face(outcome: dict) -> None:
+    repository: Repository = outcome["repository"]
+    ids = [json.loads(line)["upload_id"] for line in outcome["imported_stdout"].splitlines()]
+    assert len(ids) == 2
+    uploads = {r.upload_id: r for r in repository.list_uploads()}
+    subjects = {uploads[i].subject for i in ids}
+    assert len(subjects) == 2  # one subject per file
+    for subject in subjects:
+        assert subject is not None
+        [face] = repository.faces_of_subject(subject)
+        assert (face.source, face.license, face.attribution) == (
+            "public-dataset", "CC-BY-4.0", "Test Set"
+        )

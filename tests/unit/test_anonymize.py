@@ -613,12 +613,16 @@ def _only_rejected(data: bytes) -> None:
         assert outcome.pixels.shape[2] == 3
 
 
+# Pillow warns about the corrupt files these tests are made of; the point is that it never
+# raises anything but a rejection, so the warnings are expected noise.
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_only_ever_reject(data: bytes) -> None:
     _only_rejected(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.sampled_from(SEEDS),
