@@ -6,15 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install demo up test check bench clean-venv
 
+# torch and torchvision come from this machine's disk at these versions. facenet-pytorch
+# pins torch<2.3 and numpy<2; its code runs fine on the versions above, so it is installed
+# without its pins, as a separate step.
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch and torchvision come from this machine's disk at these versions.
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# facenet-pytorch pins torch<2.3 and numpy<2; its code runs fine on the versions
-	# above, so it is installed without its pins.
-	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	$(PY) -m pip install --quiet --quiet --upgrade pip
+	$(PY) -m pip install --quiet --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 install: $(STAMP)

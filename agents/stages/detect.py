@@ -42,6 +42,9 @@ __all__ = [
 # The canvas is filled with mid-grey: MTCNN standardizes pixels as (x - 127.5) / 128, so the
 # padding is ~0 at the network input and adds no edges that could look like a face.
 _PAD_VALUE = 128
+#: Canvas sides are multiples of this (MTCNN's pyramid needs no particular size; the step
+#: only bounds how many distinct canvas sizes, hence MTCNN calls, a batch can need).
+CANVAS_STEP = 128
 
 RETINAFACE_SETTING = "S2A_MODELS__RETINAFACE_WEIGHTS"
 RETINAFACE_HOW = (
@@ -79,10 +82,11 @@ class MtcnnDetector:
     """facenet-pytorch MTCNN over batches of any image sizes.
 
     Images are downscaled (``cv2.INTER_AREA``) so the longest side is at most ``max_side``
-    and pasted at the top-left of a ``max_side`` x ``max_side`` canvas; MTCNN only batches
-    equal-size images, and a canvas fixed by the settings (rather than by the batch's largest
-    image) keeps each image's landmarks identical whichever batch it arrives in: padding to
-    the batch maximum moved landmarks by up to 4 px on the London set.
+    and pasted at the top-left of a square canvas whose side depends on the image's own
+    size only (:meth:`canvas_side`); MTCNN only batches equal-size images, so a batch runs
+    as one call per canvas size. A canvas chosen by the image (rather than by the batch's
+    largest image) keeps each image's landmarks identical whichever batch it arrives in:
+    padding to the batch maximum moved landmarks by up to 4 px on the London set.
 
     ``min_face_size`` is in canvas pixels; by default 1/16 of ``max_side`` (40 px at 640),
     never under MTCNN's own 20. Looking for smaller faces makes the image pyramid and the
@@ -122,25 +126,45 @@ class MtcnnDetector:
         for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
             net.to(memory_format=torch.channels_last)
 
+    def canvas_side(self, width: int, height: int) -> int:
+        """The square canvas an image of this size is detected on: its downscaled longest
+        side rounded up to a multiple of ``CANVAS_STEP``, at most ``max_side``.
+
+        It depends on the image alone, so its landmarks do not depend on its batch mates;
+        and a 512 px photo is searched on 512 x 512, not on 640 x 640 (a third fewer pyramid
+        pixels than one canvas for every size).
+        """
+        longest = round(max(width, height) * _fit_scale(width, height, self.max_side))
+        return min(self.max_side, -(-longest // CANVAS_STEP) * CANVAS_STEP)
+
     def detect(self, images: Sequence[CleanImage]) -> list[list[Detection]]:
-        if not images:
-            return []
-        canvas = np.full((len(images), self.max_side, self.max_side, 3), _PAD_VALUE, np.uint8)
+        results: list[list[Detection]] = [[] for _ in images]
+        groups: dict[int, list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self.canvas_side(image.width, image.height), []).append(i)
+        for side, members in groups.items():
+            found_all = self._detect_on(side, [images[i] for i in members])
+            for i, found in zip(members, found_all, strict=True):
+                results[i] = found
+        return results
+
+    def _detect_on(self, side: int, images: Sequence[CleanImage]) -> list[list[Detection]]:
+        """One MTCNN call for images sharing a canvas size (MTCNN batches equal sizes only)."""
+        canvas = np.full((len(images), side, side, 3), _PAD_VALUE, np.uint8)
         factors: list[tuple[float, float]] = []
         for i, image in enumerate(images):
             small, fx, fy = _downscale(image.pixels, self.max_side)
             canvas[i, : small.shape[0], : small.shape[1]] = small
             factors.append((fx, fy))
-        # One call for the whole batch: PNet runs on the stacked pyramid, RNet/ONet on the
-        # candidates of every image together.
+        # PNet runs on the stacked pyramid, RNet/ONet on the candidates of every image.
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(canvas, landmarks=True)
-        results: list[list[Detection]] = []
-        for (fx, fy), img_boxes, img_probs, img_points in zip(
-            factors, boxes, probs, points, strict=True
-        ):
-            results.append(_mtcnn_detections(img_boxes, img_probs, img_points, fx, fy))
-        return results
+        return [
+            _mtcnn_detections(img_boxes, img_probs, img_points, fx, fy)
+            for (fx, fy), img_boxes, img_probs, img_points in zip(
+                factors, boxes, probs, points, strict=True
+            )
+        ]
 
 
 def _mtcnn_detections(

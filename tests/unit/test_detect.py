@@ -187,3 +187,14 @@ def test_retinaface_landmarks_reordered_by_image_side() -> None:
     )
     assert face.landmarks[0, 0] < face.landmarks[1, 0]
     assert detections_from_retinaface({}) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "side"),
+    [((512, 512), 512), ((4000, 3000), 640), ((300, 200), 384), ((641, 100), 640), ((1, 1), 128)],
+)
+def test_canvas_side_depends_on_the_image_alone(
+    size: tuple[int, int], side: int, detector: MtcnnDetector
+) -> None:
+    assert detector.max_side == 640
+    assert detector.canvas_side(*size) == side
