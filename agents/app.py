@@ -103,7 +103,7 @@ def create_app(
         async for events in batches:
             started = time.perf_counter()
             try:
-                outcomes = await handle(events)
+                outcomes = await finish(asyncio.ensure_future(handle(events)))
             except Exception:
                 # Faust acknowledges a taken batch even when the loop body raises, so an
                 # error here would commit records that were never finished. Exit at once
@@ -123,6 +123,28 @@ def create_app(
                 totals,
             )
             waited_since = done
+
+    async def finish(batch: asyncio.Future[list[Outcome]]) -> list[Outcome]:
+        """Await a batch to its end, even through a shutdown's cancellation.
+
+        On stop, mode cancels each actor's task (``Service._default_stop_futures``), and
+        ``take_events`` acknowledges the batch in hand as the loop unwinds: a batch
+        abandoned halfway (faces stored, dead letters not yet sent) could be committed
+        with uploads unfinished. A batch is a few seconds of work, so a stopping worker
+        finishes it first.
+        """
+        cancelled = False
+        while not batch.done():
+            try:
+                await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                if batch.cancelled():
+                    raise
+                cancelled = True
+        outcomes = batch.result()
+        if cancelled:
+            raise asyncio.CancelledError
+        return outcomes
 
     async def handle(events: Sequence[EventT]) -> list[Outcome]:
         loop = asyncio.get_running_loop()

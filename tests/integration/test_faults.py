@@ -1,7 +1,8 @@
-"""Faults: a worker killed mid-stream loses nothing and processes nothing twice.
+"""Faults: a worker stopped mid-stream loses nothing and processes nothing twice.
 
-The worker is SIGKILLed (no shutdown, no offset commit) while uploads are in flight; a new
-worker takes over, and every upload still ends in exactly one terminal state with one
+The worker is killed (SIGKILL: no shutdown, no offset commit) or stopped (SIGTERM: Faust's
+graceful shutdown, which acknowledges the batch in hand) while uploads are in flight; a
+new worker takes over, and every upload still ends in exactly one terminal state with one
 face, one Qdrant point and its crops.
 """
 
@@ -37,7 +38,8 @@ def _wait(condition: object, stack: Stack, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_stopped_worker_loses_nothing(tmp_path: Path, stop: signal.Signals) -> None:
     settings = Settings(
         home=tmp_path,
         broker_port=free_port(),
@@ -65,8 +67,8 @@ def test_killed_worker_loses_nothing(tmp_path: Path) -> None:
         _wait(lambda: len(repository.finished(ids)) >= 4, stack, "the first uploads")
         proc = stack.worker.proc
         assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(stop)
+        proc.wait(timeout=60)
         assert len(repository.finished(ids)) < len(ids), "the kill came too late to test"
         stack.worker = WorkerProcess(settings)
         stack.worker.start()

@@ -126,21 +126,13 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             else:
                 publisher.publish_raw(upload_id.encode(), case.raw or b"")
         # One upload through the command line, as an operator would publish it.
-        published = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "infra.cli",
-                "publish",
-                str(REAL / "london_013_neutral.jpg"),
-                "--subject",
-                "cli-person@example.com",
-                "--json",
-            ],
-            env=settings_env(settings),
-            capture_output=True,
-            text=True,
-            check=True,
+        published = _s2a(
+            settings,
+            "publish",
+            str(REAL / "london_013_neutral.jpg"),
+            "--subject",
+            "cli-person@example.com",
+            "--json",
         )
         scenario.raw_subjects.append("cli-person@example.com")
         # A public-dataset folder: one subject per file, the license on every face.
@@ -148,10 +140,17 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         dataset.mkdir()
         for name in ("london_007_neutral.jpg", "selfie_lisa1.jpg"):
             (dataset / name).write_bytes((REAL / name).read_bytes())
-        imported = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "publish", str(dataset), "--source",
-             "public-dataset", "--license", "CC-BY-4.0", "--attribution", "Test Set", "--json"],
-            env=settings_env(settings), capture_output=True, text=True, check=True,
+        imported = _s2a(
+            settings,
+            "publish",
+            str(dataset),
+            "--source",
+            "public-dataset",
+            "--license",
+            "CC-BY-4.0",
+            "--attribution",
+            "Test Set",
+            "--json",
         )
         for line in (published.stdout + imported.stdout).splitlines():
             scenario.cases[json.loads(line)["upload_id"]] = Case(None, None, "accepted")
@@ -181,6 +180,17 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "published_stdout": published.stdout,
         "imported_stdout": imported.stdout,
     }
+
+
+def _s2a(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line, as an operator runs it, against this test's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 def build_scenario(settings: Settings, outside: Path) -> Scenario:
@@ -369,29 +379,16 @@ def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settin
 
 
 def test_cli_reports_print_json_only(outcome: dict, settings: Settings) -> None:
-    env = settings_env(settings)
     lines = outcome["published_stdout"].splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0])["image"] == "inline"
-    listed = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "uploads", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    listed = _s2a(settings, "uploads", "--json")
     uploads = json.loads(listed.stdout)
     repository: Repository = outcome["repository"]
     assert {u["upload_id"] for u in uploads} == {r.upload_id for r in repository.list_uploads()}
     # The broker is gone now: status still reports from SQL, names the broker problem and
     # exits 0.
-    status = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    status = _s2a(settings, "status", "--json")
     report = json.loads(status.stdout)
     assert report["states"] == repository.counts()
     assert report["lag"] is None
@@ -409,5 +406,7 @@ def test_public_dataset_license_is_on_every_face(outcome: dict) -> None:
         assert subject is not None
         [face] = repository.faces_of_subject(subject)
         assert (face.source, face.license, face.attribution) == (
-            "public-dataset", "CC-BY-4.0", "Test Set"
+            "public-dataset",
+            "CC-BY-4.0",
+            "Test Set",
         )
