@@ -104,12 +104,12 @@ def create_app(
             started = time.perf_counter()
             try:
                 outcomes = await finish(asyncio.ensure_future(handle(events)))
-            except Exception:
+            except Exception as exc:
                 # Faust acknowledges a taken batch even when the loop body raises, so an
                 # error here would commit records that were never finished. Exit at once
                 # instead: nothing of this batch is committed, and the supervisor's restart
                 # re-delivers it (every sink is idempotent).
-                log.critical("ingest batch failed; exiting without commit", exc_info=True)
+                log.critical("ingest batch failed (%s); exiting without commit", exc, exc_info=True)
                 os._exit(EXIT_RESTART)
             for outcome in outcomes:
                 key = outcome.state.value if outcome.state else "skipped"

@@ -255,10 +255,15 @@ class IngestPipeline:
                 found = self.detector.detect(images)
             except StorageError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # One image that breaks the batched call must not reject its neighbours:
                 # retry one at a time so only the culprit is rejected.
-                log.warning("batched detection failed; retrying %d images one by one", len(chunk))
+                log.warning(
+                    "batched detection failed (%s: %s); retrying %d images one by one",
+                    type(exc).__name__,
+                    exc,
+                    len(chunk),
+                )
                 for item in chunk:
                     self._guard(item, Stage.DETECT, self._detect_one)
                 continue
@@ -284,8 +289,13 @@ class IngestPipeline:
             vectors = self.embedder.embed(crops)
         except StorageError:
             raise
-        except Exception:
-            log.warning("batched embedding failed; retrying %d crops one by one", len(live))
+        except Exception as exc:
+            log.warning(
+                "batched embedding failed (%s: %s); retrying %d crops one by one",
+                type(exc).__name__,
+                exc,
+                len(live),
+            )
             for item in live:
                 self._guard(item, Stage.EMBED, self._embed_one)
             return

@@ -123,7 +123,7 @@ def run_demo(settings: Settings) -> DemoReport:
     started = time.monotonic()
     now = datetime.now(UTC)
     with Stack(demo) as stack, UploadPublisher(demo) as publisher:
-        expected: dict[str, tuple[Sample, str]] = {}
+        expected: dict[str, Sample] = {}
         first_event = None
         for sample in SAMPLES:
             request = UploadRequest(
@@ -140,13 +140,10 @@ def run_demo(settings: Settings) -> DemoReport:
                 samples_dir() / sample.file, request, demo, subject=sample.subject, now=granted
             )
             publisher.publish(event)
-            expected[event.upload_id] = (sample, sample.expect)
+            expected[event.upload_id] = sample
             first_event = first_event or event
         publisher.publish_raw(b"demo-broken", BAD_SCHEMA_RECORD)
-        expected["demo-broken-record"] = (
-            Sample("(malformed record)", "-", "bad_schema"),
-            "bad_schema",
-        )
+        expected["demo-broken-record"] = Sample("(malformed record)", "-", "bad_schema")
         if first_event is not None:
             publisher.publish(first_event)  # the same event again: must change nothing
         progress = Progress("processed", len(expected))
@@ -172,7 +169,7 @@ def run_demo(settings: Settings) -> DemoReport:
     report.seconds = time.monotonic() - started
     by_id = {row.upload_id: row for row in repository.list_uploads()}
     report.dead_letters = len({r.upload_id for r in rejections})
-    for upload_id, (sample, expect) in expected.items():
+    for upload_id, sample in expected.items():
         row = by_id[upload_id]
         outcome = row.reason or row.state
         report.rows_.append(
@@ -183,8 +180,8 @@ def run_demo(settings: Settings) -> DemoReport:
                 "reason": row.reason,
                 "stage": row.stage,
                 "detail": row.detail,
-                "expected": expect,
-                "as_expected": outcome == expect,
+                "expected": sample.expect,
+                "as_expected": outcome == sample.expect,
             }
         )
     if first_event is not None:
