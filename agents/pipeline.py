@@ -249,29 +249,12 @@ class IngestPipeline:
         live = list(self._live(items))
         size = self.settings.worker.batch_size
         for start in range(0, len(live), size):
-            chunk = live[start : start + size]
-            images = [_require(item.image) for item in chunk]
-            try:
-                found = self.detector.detect(images)
-            except StorageError:
-                raise
-            except Exception as exc:
-                # One image that breaks the batched call must not reject its neighbours:
-                # retry one at a time so only the culprit is rejected.
-                log.warning(
-                    "batched detection failed (%s: %s); retrying %d images one by one",
-                    type(exc).__name__,
-                    exc,
-                    len(chunk),
-                )
-                for item in chunk:
-                    self._guard(item, Stage.DETECT, self._detect_one)
-                continue
-            for item, faces in zip(chunk, found, strict=True):
-                item.faces = faces
+            self._batched(live[start : start + size], Stage.DETECT, self._detect_all)
 
-    def _detect_one(self, item: _Item) -> None:
-        item.faces = self.detector.detect([_require(item.image)])[0]
+    def _detect_all(self, items: Sequence[_Item]) -> None:
+        found = self.detector.detect([_require(item.image) for item in items])
+        for item, faces in zip(items, found, strict=True):
+            item.faces = faces
 
     def _assess(self, item: _Item) -> None:
         item.report = assess(_require(item.image), item.faces, self.settings.quality)
@@ -281,29 +264,34 @@ class IngestPipeline:
         item.aligned = align(_require(item.image), report.face.landmarks)
 
     def _embed(self, items: list[_Item]) -> None:
-        live = list(self._live(items))
-        if not live:
+        self._batched(list(self._live(items)), Stage.EMBED, self._embed_all)
+
+    def _embed_all(self, items: Sequence[_Item]) -> None:
+        vectors = self.embedder.embed([_require(item.aligned).crops[EMBED_SIZE] for item in items])
+        for item, vector in zip(items, vectors, strict=True):
+            item.vector = vector
+
+    def _batched(
+        self, items: list[_Item], stage: Stage, step: Callable[[Sequence[_Item]], None]
+    ) -> None:
+        """Run a model over a batch; if the batched call fails, retry one upload at a time,
+        so only the upload that breaks it is rejected, never its neighbours."""
+        if not items:
             return
-        crops = [_require(item.aligned).crops[EMBED_SIZE] for item in live]
         try:
-            vectors = self.embedder.embed(crops)
+            step(items)
         except StorageError:
             raise
         except Exception as exc:
             log.warning(
-                "batched embedding failed (%s: %s); retrying %d crops one by one",
+                "batched %s failed (%s: %s); retrying %d uploads one by one",
+                stage.value,
                 type(exc).__name__,
                 exc,
-                len(live),
+                len(items),
             )
-            for item in live:
-                self._guard(item, Stage.EMBED, self._embed_one)
-            return
-        for item, vector in zip(live, vectors, strict=True):
-            item.vector = vector
-
-    def _embed_one(self, item: _Item) -> None:
-        item.vector = self.embedder.embed([_require(item.aligned).crops[EMBED_SIZE]])[0]
+            for item in items:
+                self._guard(item, stage, lambda one: step([one]))
 
     def _prepare(self, items: list[_Item]) -> None:
         """PNG-encode every crop of the batch on all cores (zlib releases the GIL)."""
