@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,16 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(chatty).setLevel(
             max(logging.ERROR if chatty == "kafka" else logging.WARNING, logging.getLogger().level)
         )
+
+
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM (systemd, docker stop, kill) like Ctrl-C, so the children we started
+    (broker, worker) are stopped on the way out instead of being orphaned."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -74,6 +85,7 @@ def broker(ctx: click.Context, host: str | None, port: int | None) -> None:
 
     settings = _settings(ctx)
     embedded = EmbeddedBroker(host or settings.broker_host, port or settings.broker_port)
+    _stop_on_sigterm()
     with embedded:
         click.echo(f"broker listening on {embedded.bootstrap}", err=True)
         with contextlib.suppress(KeyboardInterrupt):
@@ -96,6 +108,7 @@ def up(ctx: click.Context) -> None:
     from infra.runtime import Stack
 
     settings = _settings(ctx)
+    _stop_on_sigterm()
     with Stack(settings) as stack:
         click.echo(f"up: broker {settings.bootstrap_servers}, data in {settings.home}", err=True)
         try:

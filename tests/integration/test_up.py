@@ -1,0 +1,57 @@
+"""``s2a up`` starts the broker and a worker, and SIGTERM stops both (no orphans)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.broker import free_port, port_open
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 120.0
+
+
+def test_sigterm_stops_broker_and_worker(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, S2A_HOME=str(tmp_path), S2A_BROKER_PORT=str(port))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "up"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _stop_when_up(up, port, tmp_path / "run" / "worker.log")
+    finally:
+        # Whatever happened, leave no process of this session behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+
+
+def _stop_when_up(up: subprocess.Popen[str], port: int, worker_log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    # Ready when the broker listens and the worker has loaded its models.
+    while not (
+        port_open("127.0.0.1", port)
+        and worker_log.exists()
+        and "loading models" in worker_log.read_text()
+    ):
+        assert up.poll() is None, up.stderr.read() if up.stderr else ""
+        assert time.monotonic() < deadline, "s2a up did not come up"
+        time.sleep(0.2)
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=DEADLINE_S) == 0
+    assert not port_open("127.0.0.1", port)
+    # Nothing of the session is left: the worker and the broker were its children.
+    leftover = subprocess.run(
+        ["pgrep", "-s", str(up.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert leftover == []
