@@ -148,11 +148,14 @@ def stream(blobs: list[bytes], home: Path) -> float:
 
 
 def wait_for(repository: Any, ids: set[str], deadline_s: float = 900) -> None:
-    end = time.monotonic() + deadline_s
-    while len(repository.finished(ids)) < len(ids):
-        if time.monotonic() > end:
-            raise TimeoutError(f"{len(repository.finished(ids))}/{len(ids)} finished")
-        time.sleep(POLL_S)
+    from infra.waiting import wait_until
+
+    wait_until(
+        lambda: len(repository.finished(ids)) == len(ids),
+        deadline_s=deadline_s,
+        what=f"{len(ids)} bench uploads",
+        poll_s=POLL_S,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from infra.errors import BrokerError
+from infra.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,21 @@ def wait_for_port(
     host: str, port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Poll until ``host:port`` accepts connections; fail early if ``proc`` exits."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if port_open(host, port):
-            return
+
+    def alive() -> None:
         if proc is not None and proc.poll() is not None:
             raise BrokerError(f"broker exited with status {proc.returncode} before listening")
-        time.sleep(0.05)
-    raise BrokerError(f"nothing listens on {host}:{port} after {deadline_s:.0f}s")
+
+    try:
+        wait_until(
+            lambda: port_open(host, port),
+            deadline_s=deadline_s,
+            what=f"a listener on {host}:{port}",
+            poll_s=0.05,
+            alive=alive,
+        )
+    except WaitTimeout as exc:
+        raise BrokerError(str(exc)) from exc
 
 
 class EmbeddedBroker:

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from infra.broker import free_port
-from infra.errors import BrokerError
 from infra.kafka import UploadPublisher, consumer_lag, read_rejections
 from infra.output import Progress
 from infra.publish import UploadRequest, build_event
 from infra.runtime import Stack
+from infra.waiting import wait_until
 from schemas.settings import Settings
 from schemas.uploads import Source
 
@@ -147,22 +147,21 @@ def run_demo(settings: Settings) -> DemoReport:
         if first_event is not None:
             publisher.publish(first_event)  # the same event again: must change nothing
         progress = Progress("processed", len(expected))
-        deadline = time.monotonic() + DEADLINE_S
-        # Done when every upload has its terminal state AND the worker has committed past
-        # the last record (the re-delivery), so "changed nothing" is an observation.
-        while True:
+
+        def finished() -> bool:
+            # Every upload has its terminal state AND the worker has committed past the
+            # last record (the re-delivery), so "changed nothing" is an observation.
             done = repository.finished(expected)
             progress.update(len(done))
-            if len(done) == len(expected) and consumer_lag(demo).behind == 0:
-                break
-            if not stack.worker_alive():
-                raise BrokerError(f"the worker stopped; see {stack.worker.log_path}")
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"only {len(done)}/{len(expected)} uploads finished in {DEADLINE_S:.0f}s; "
-                    f"see {stack.worker.log_path}"
-                )
-            time.sleep(0.25)
+            return len(done) == len(expected) and consumer_lag(demo).behind == 0
+
+        wait_until(
+            finished,
+            deadline_s=DEADLINE_S,
+            what=f"{len(expected)} demo uploads (see {stack.worker.log_path})",
+            poll_s=0.25,
+            alive=stack.check_worker,
+        )
         progress.close()
         rejected = repository.counts().get("rejected", 0)
         rejections = read_rejections(demo, expect=rejected)

@@ -136,6 +136,12 @@ class Stack:
     def worker_alive(self) -> bool:
         return self.worker.proc is not None and self.worker.proc.poll() is None
 
+    def check_worker(self) -> None:
+        """Raise when the worker has exited (for :func:`infra.waiting.wait_until`)."""
+        if not self.worker_alive():
+            tail = self.worker.log_path.read_text()[-3000:] if self.worker.log_path.exists() else ""
+            raise BrokerError(f"the worker stopped; see {self.worker.log_path}\n{tail}")
+
     def close(self) -> None:
         self.worker.stop()
         if self.broker is not None:

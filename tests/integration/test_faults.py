@@ -9,7 +9,6 @@ face, one Qdrant point and its crops.
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,19 +22,13 @@ from agents.vectors import FaceIndex
 from infra.broker import free_port
 from infra.kafka import UploadPublisher, consumer_lag
 from infra.runtime import Stack, WorkerProcess
+from infra.waiting import wait_until
 from schemas.settings import Settings, WorkerSettings
 from schemas.uploads import Consent, ImagePayload, UploadEvent
 
 pytestmark = pytest.mark.integration
 REAL = Path(__file__).parents[1] / "data" / "real"
 DEADLINE_S = 300.0
-
-
-def _wait(condition: object, stack: Stack, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
@@ -64,7 +57,12 @@ def test_stopped_worker_loses_nothing(tmp_path: Path, stop: signal.Signals) -> N
     with Stack(settings) as stack, UploadPublisher(settings) as publisher:
         for event in events:
             publisher.publish(event)
-        _wait(lambda: len(repository.finished(ids)) >= 4, stack, "the first uploads")
+        wait_until(
+            lambda: len(repository.finished(ids)) >= 4,
+            deadline_s=DEADLINE_S,
+            what="the first uploads",
+            alive=stack.check_worker,
+        )
         proc = stack.worker.proc
         assert proc is not None
         proc.send_signal(stop)
@@ -72,12 +70,13 @@ def test_stopped_worker_loses_nothing(tmp_path: Path, stop: signal.Signals) -> N
         assert len(repository.finished(ids)) < len(ids), "the kill came too late to test"
         stack.worker = WorkerProcess(settings)
         stack.worker.start()
-        _wait(
+        wait_until(
             lambda: (
                 len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0
             ),
-            stack,
-            "every upload after the restart",
+            deadline_s=DEADLINE_S,
+            what="every upload after the restart",
+            alive=stack.check_worker,
         )
     rows = repository.list_uploads()
     assert sorted(r.upload_id for r in rows) == sorted(ids)

@@ -13,7 +13,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from agents.repository import Repository
 from infra.broker import free_port
 from infra.kafka import UploadPublisher, consumer_lag, read_rejections
 from infra.runtime import Stack, settings_env
+from infra.waiting import wait_until
 from schemas.settings import LimitSettings, Settings
 from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, UploadEvent
 
@@ -158,16 +158,16 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         redelivered = next(c.event for c in scenario.cases.values() if c.expect == "accepted")
         publisher.publish(redelivered)
         ids = {_expected_id(upload_id, case) for upload_id, case in scenario.cases.items()}
-        deadline = time.monotonic() + DEADLINE_S
         # Finished: every upload has its terminal state and the worker has committed past
-        # the last record (the re-delivery). Polled with a deadline, never slept on.
-        while not (
-            len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0
-        ):
-            log_tail = stack.worker.log_path.read_text()[-3000:]
-            assert stack.worker_alive(), log_tail
-            assert time.monotonic() < deadline, f"uploads did not all finish in time\n{log_tail}"
-            time.sleep(0.2)
+        # the last record (the re-delivery).
+        wait_until(
+            lambda: (
+                len(repository.finished(ids)) == len(ids) and consumer_lag(settings).behind == 0
+            ),
+            deadline_s=DEADLINE_S,
+            what="every upload's terminal state",
+            alive=stack.check_worker,
+        )
         rejected = repository.counts().get("rejected", 0)
         dead_letters = read_rejections(settings, expect=rejected)
     # The worker has stopped here, so the Qdrant local store can be opened.

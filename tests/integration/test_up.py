@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from infra.broker import free_port, port_open
+from infra.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 120.0
@@ -37,16 +37,22 @@ def test_sigterm_stops_broker_and_worker(tmp_path: Path) -> None:
 
 
 def _stop_when_up(up: subprocess.Popen[str], port: int, worker_log: Path) -> None:
-    deadline = time.monotonic() + DEADLINE_S
+
+    def up_alive() -> None:
+        if up.poll() is not None:
+            raise AssertionError(up.stderr.read() if up.stderr else "s2a up exited")
+
     # Ready when the broker listens and the worker has loaded its models.
-    while not (
-        port_open("127.0.0.1", port)
-        and worker_log.exists()
-        and "loading models" in worker_log.read_text()
-    ):
-        assert up.poll() is None, up.stderr.read() if up.stderr else ""
-        assert time.monotonic() < deadline, "s2a up did not come up"
-        time.sleep(0.2)
+    wait_until(
+        lambda: (
+            port_open("127.0.0.1", port)
+            and worker_log.exists()
+            and "loading models" in worker_log.read_text()
+        ),
+        deadline_s=DEADLINE_S,
+        what="s2a up",
+        alive=up_alive,
+    )
     up.send_signal(signal.SIGTERM)
     assert up.wait(timeout=DEADLINE_S) == 0
     assert not port_open("127.0.0.1", port)
