@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --quiet --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
+# The browser tests drive Debian's chromium; Playwright's own browser download is never used.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -25,7 +30,7 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/s2a up
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/pytest -q
 
 check: $(STAMP)

@@ -11,13 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from schemas.pairs import FaceAccepted, PairRecord
 from schemas.rejections import Rejection
 from schemas.uploads import UploadEvent
 
 FOLDER = Path(__file__).with_name("jsonschema")
-RECORDS: dict[str, type[UploadEvent] | type[Rejection]] = {
+RECORDS: dict[str, type[BaseModel]] = {
     "upload_event": UploadEvent,
     "rejection": Rejection,
+    "face_accepted": FaceAccepted,
+    "pair": PairRecord,
 }
 
 

@@ -115,6 +115,61 @@ class WorkerSettings(_Group):
     )
 
 
+class RefSettings(_Group):
+    """The anime reference library: what it accepts and how it keeps styles consistent."""
+
+    allowed_licenses: tuple[str, ...] = Field(
+        ("CC0-1.0", "CC-BY-4.0", "CC-BY-SA-4.0", "CC-BY-2.0", "MIT", "public-domain"),
+        description="SPDX-style ids a reference may carry; anything else is refused",
+    )
+    min_side_px: int = Field(128, gt=0, description="shorter side of the face region")
+    outlier_z: float = Field(
+        3.5, gt=0, description="robust z-score (median/MAD) of a style statistic that quarantines"
+    )
+    min_style_size: int = Field(
+        5, ge=2, description="references a style needs before outliers are judged against it"
+    )
+
+
+class PairingSettings(_Group):
+    """Matching accepted faces to anime references."""
+
+    styles: tuple[str, ...] = Field(
+        (), description="styles every face is paired for; empty = every style in the library"
+    )
+    candidates: int = Field(10, ge=1, le=100, description="references scored per face")
+    auto_approve: float = Field(
+        0.8, ge=0, le=1, description="pair score at or above which a pair is approved"
+    )
+    min_model_confidence: float = Field(
+        0.85, ge=0, le=1, description="a label head's guess counts only at this confidence"
+    )
+
+
+class DatasetSettings(_Group):
+    """How approved pairs become a snapshot."""
+
+    validation_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects")
+    max_per_subject: int = Field(20, ge=1, description="pairs kept per subject and style")
+    seed: int = 0
+    target_coverage: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {
+            "age_band": ("18-29", "30-44", "45-59", "60+"),
+            "gender": ("female", "male"),
+            "pose_band": ("frontal", "slight", "turned"),
+            "glasses": ("no", "yes"),
+        },
+        description="label values a balanced dataset should hold; the report shows the gaps",
+    )
+
+
+class ReviewSettings(_Group):
+    """The review web page."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Everything a process needs, from one place."""
 
@@ -150,6 +205,10 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     models: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
+    refs: RefSettings = RefSettings()
+    pairing: PairingSettings = PairingSettings()
+    dataset: DatasetSettings = DatasetSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -182,6 +241,19 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.home / "qdrant"
+
+    @property
+    def ref_index_dir(self) -> Path:
+        """Versions of the embedded anime-reference index (one folder per library version)."""
+        return self.home / "anime_refs"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def label_model_dir(self) -> Path:
+        return self.home / "models" / "labels"
 
     @property
     def faust_data_dir(self) -> Path:

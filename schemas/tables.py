@@ -115,3 +115,124 @@ class Label(SQLModel, table=True):
     source: str = Field(max_length=16, description="declared | measured | model | human")
     confidence: float
     created_at: datetime = _utc_column()
+
+
+class LibraryVersion(SQLModel, table=True):
+    """One state of the anime reference library. Every ``refs add`` makes a new version;
+    pairs and snapshots name the version they were matched against."""
+
+    __tablename__ = "library_versions"
+
+    version: int = Field(primary_key=True)
+    created_at: datetime = _utc_column()
+    added: int = 0
+    quarantined: int = 0
+    note: str | None = Field(default=None, max_length=512)
+    index_location: str | None = Field(
+        default=None, max_length=1024, description="the vector index of this version, if local"
+    )
+
+
+class AnimeRef(SQLModel, table=True):
+    """An anime reference image with its license and attribution, always kept together."""
+
+    __tablename__ = "anime_refs"
+
+    ref_id: str = Field(primary_key=True, max_length=36)
+    style: str = Field(index=True, max_length=64)
+    status: str = Field(index=True, max_length=16, description="active | quarantined")
+    reason: str | None = Field(default=None, max_length=32, description="why quarantined")
+    detail: str | None = Field(default=None, max_length=1024)
+    original: str = Field(max_length=64, description="sha256 of the metadata-free original PNG")
+    training: str = Field(
+        max_length=64, description="sha256 of the face region matched to the style's palette"
+    )
+    region: str = Field(max_length=8, description="box: a given crop box | whole: the image")
+    box: list[float] = _json_column()
+    width: int
+    height: int
+    license: str = Field(max_length=128)
+    source: str = Field(max_length=512)
+    author: str = Field(max_length=512)
+    tags: list[str] = _json_column()
+    stats: dict[str, float] = _json_column()
+    outlier_score: float | None = None
+    embedder: str = Field(max_length=128)
+    library_version: int = Field(foreign_key="library_versions.version", index=True)
+    added_at: datetime = _utc_column()
+
+
+class RefLabel(SQLModel, table=True):
+    """One attribute of an anime reference, like :class:`Label` for faces."""
+
+    __tablename__ = "ref_labels"
+    __table_args__ = (UniqueConstraint("ref_id", "name", "source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ref_id: str = Field(foreign_key="anime_refs.ref_id", index=True, max_length=36)
+    name: str = Field(max_length=32)
+    value: str = Field(max_length=64)
+    source: str = Field(max_length=16, description="declared | measured | model | human")
+    confidence: float
+    created_at: datetime = _utc_column()
+
+
+class Pair(SQLModel, table=True):
+    """A (selfie face, anime reference) training pair for one style, and its review state.
+
+    One pair per face and style: re-matching a face updates its pair instead of adding one.
+    """
+
+    __tablename__ = "pairs"
+    __table_args__ = (UniqueConstraint("face_id", "style"),)
+
+    pair_id: str = Field(primary_key=True, max_length=36)
+    face_id: str = Field(foreign_key="faces.face_id", index=True, max_length=36)
+    subject: str = Field(index=True, max_length=64, description="pseudonym of the face's subject")
+    style: str = Field(index=True, max_length=64)
+    ref_id: str | None = Field(default=None, foreign_key="anime_refs.ref_id", max_length=36)
+    score: float | None = None
+    status: str = Field(
+        index=True, max_length=16, description="approved | pending | rejected | unmatched"
+    )
+    decided_by: str | None = Field(
+        default=None, max_length=128, description="auto | human:<name> | import:<file>"
+    )
+    decided_at: datetime | None = _utc_column(nullable=True)
+    candidates: list[dict[str, Any]] = _json_column()
+    library_version: int | None = Field(default=None, foreign_key="library_versions.version")
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column()
+
+
+class ReviewDecision(SQLModel, table=True):
+    """Every human decision on a pair or a label: who, what and when (append-only)."""
+
+    __tablename__ = "review_decisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pair_id: str = Field(foreign_key="pairs.pair_id", index=True, max_length=36)
+    face_id: str = Field(index=True, max_length=36)
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=16, description="approve | reject | pick | relabel")
+    ref_id: str | None = Field(default=None, max_length=36)
+    detail: dict[str, Any] = _json_column()
+    decided_at: datetime = _utc_column()
+
+
+class Snapshot(SQLModel, table=True):
+    """A frozen dataset: its manifest is immutable and named by its content hash."""
+
+    __tablename__ = "snapshots"
+
+    snapshot_id: str = Field(primary_key=True, max_length=64)
+    version: int = Field(unique=True)
+    manifest_sha256: str = Field(max_length=64)
+    manifest_path: str = Field(max_length=1024)
+    pairs: int
+    train: int
+    validation: int
+    subjects: int
+    library_version: int | None = None
+    params: dict[str, Any] = _json_column()
+    created_at: datetime = _utc_column()

@@ -20,7 +20,18 @@ import schemas.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 from schemas.errors import ConfigError
 from schemas.migrate import current, downgrade, head, resolve_url, upgrade
 
-TABLES = {"subjects", "uploads", "faces", "labels"}
+TABLES = {
+    "subjects",
+    "uploads",
+    "faces",
+    "labels",
+    "library_versions",
+    "anime_refs",
+    "ref_labels",
+    "pairs",
+    "review_decisions",
+    "snapshots",
+}
 
 
 def _diff(url: str, metadata: sa.MetaData) -> list[Any]:
@@ -55,7 +66,7 @@ def test_upgrade_from_empty_reaches_head(sql_url: str) -> None:
 
     upgrade(sql_url)
 
-    assert current(sql_url) == head() == "0001"
+    assert current(sql_url) == head() == "0002"
     assert _tables(sql_url) == TABLES | {"alembic_version"}
 
 
