@@ -17,11 +17,18 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from agents.errors import PipelineError
+from infra.cli_dataset import dataset
+from infra.cli_labels import labels
+from infra.cli_pairs import pairs
+from infra.cli_refs import refs
+from infra.cli_review import review
 from infra.errors import InfraError
 from infra.output import Progress, emit_json, emit_table
 from schemas.errors import SchemaError
 from schemas.settings import Settings
 from schemas.uploads import Source
+from trainer.errors import TrainerError
 
 log = logging.getLogger("s2a")
 
@@ -265,6 +272,10 @@ def demo(ctx: click.Context, as_json: bool) -> None:
     click.echo(report.summary())
 
 
+for _verb in (refs, labels, pairs, review, dataset):
+    cli.add_command(_verb)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
@@ -274,7 +285,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (InfraError, SchemaError) as exc:
+    except (InfraError, SchemaError, PipelineError, TrainerError) as exc:
         sys.stderr.write(f"s2a: {exc}\n")
         sys.exit(1)
     except ValidationError as exc:  # settings from the environment that do not validate

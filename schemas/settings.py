@@ -129,6 +129,11 @@ class RefSettings(_Group):
     min_style_size: int = Field(
         5, ge=2, description="references a style needs before outliers are judged against it"
     )
+    index_backend: Literal["edge", "qdrant-local"] = Field(
+        "edge",
+        description="embedded reference index when no qdrant_url is set (BENCHMARKS.md: "
+        "matching); with qdrant_url the server's anime_refs collection is used",
+    )
 
 
 class PairingSettings(_Group):

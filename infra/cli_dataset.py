@@ -1,0 +1,10 @@
+"""``s2a dataset ...``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def dataset() -> None:
+    """(being built)"""
