@@ -1,0 +1,648 @@
+"""Dataset snapshots, exports and reports against a real database and blob store, and the
+exports read back with the loaders training code uses (datasets, webdataset)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, Table, update
+from sqlmodel import SQLModel
+
+from agents.blobs import BlobStore
+from agents.db import create_engine_for
+from agents.stages.anonymize import encode_png
+from infra.cli import cli
+from schemas.migrate import upgrade
+from schemas.settings import Settings
+from schemas.tables import (
+    AnimeRef,
+    Face,
+    Label,
+    LibraryVersion,
+    Pair,
+    RefLabel,
+    Snapshot,
+    Subject,
+    Upload,
+)
+from trainer.dataset import (
+    build_manifest,
+    canonical_json,
+    create_snapshot,
+    export_snapshot,
+    find_snapshot,
+    list_snapshots,
+    load_state,
+    read_manifest,
+    write_report,
+)
+from trainer.dataset.snapshot import SnapshotParams
+from trainer.errors import DatasetError
+
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return SQLModel.metadata.tables[str(model.__tablename__)]
+
+
+def _png(seed: int, side: int) -> bytes:
+    """A small real PNG whose pixels (and so digest) depend on ``seed``."""
+    rng = np.random.default_rng(seed)
+    return encode_png(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8))
+
+
+def _id(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+@dataclass
+class FaceSpec:
+    """One accepted face, its labels and its pair (``status`` None: no pair)."""
+
+    subject: str
+    labels: list[tuple[str, str, str, float]]
+    status: str | None = "approved"
+    decided_by: str | None = "auto"
+    score: float | None = 0.9
+    ref: str | None = "r-ghibli-1"
+    style: str = "ghibli"
+    source: str = "selfie"
+    license: str | None = None
+    attribution: str | None = None
+
+
+@dataclass
+class Seeded:
+    settings: Settings
+    engine: Engine
+    blobs: BlobStore
+    faces: dict[str, str] = field(default_factory=dict)
+    """spec name -> face_id"""
+    refs: dict[str, str] = field(default_factory=dict)
+    """ref key -> ref_id"""
+
+
+REFS: dict[str, dict[str, Any]] = {
+    "r-ghibli-1": {"style": "ghibli", "license": "CC-BY-4.0", "author": "Astrid | Graeber"},
+    "r-ghibli-2": {"style": "ghibli", "license": "CC0-1.0", "author": "Dirk Struve"},
+    "r-ghibli-q": {"style": "ghibli", "license": "MIT", "author": "quarantined one", "q": True},
+    "r-cel-1": {"style": "cel", "license": "CC-BY-SA-4.0", "author": "David Revoy"},
+}
+
+FEMALE_YOUNG = [
+    ("gender", "female", "declared", 1.0),
+    ("age_band", "18-29", "declared", 1.0),
+    ("pose_band", "frontal", "measured", 0.97),
+]
+
+SPECS: dict[str, FaceSpec] = {
+    # Subject A: three approved pairs of one style; max_per_subject=2 drops the 0.80 one.
+    "a1": FaceSpec("subject-a", [*FEMALE_YOUNG, ("glasses", "yes", "model", 0.9)], score=0.95),
+    "a2": FaceSpec("subject-a", FEMALE_YOUNG, score=0.90, ref="r-ghibli-2"),
+    "a3": FaceSpec("subject-a", FEMALE_YOUNG, score=0.80),
+    # B: a model guess below pairing.min_model_confidence does not count.
+    "b1": FaceSpec(
+        "subject-b",
+        [
+            ("gender", "male", "declared", 1.0),
+            ("age_band", "30-44", "declared", 1.0),
+            ("pose_band", "slight", "measured", 0.9),
+            ("glasses", "yes", "model", 0.5),
+            ("expression", "smiling", "model", 0.99),
+        ],
+        decided_by="human:alice",
+        score=0.7,
+    ),
+    "c1": FaceSpec(
+        "subject-c",
+        [("gender", "female", "declared", 1.0), ("age_band", "45-59", "declared", 1.0)],
+        decided_by="import:seed.csv",
+        ref="r-ghibli-2",
+    ),
+    # D: a public-dataset face; a human label overrides the declared one.
+    "d1": FaceSpec(
+        "subject-d",
+        [
+            ("gender", "female", "declared", 1.0),
+            ("gender", "male", "human", 1.0),
+            ("pose_band", "turned", "measured", 0.8),
+        ],
+        source="public-dataset",
+        license="CC-BY-4.0",
+        attribution="Face Research Lab London Set",
+    ),
+    # E: its reference has been quarantined since approval: left out.
+    "e1": FaceSpec("subject-e", FEMALE_YOUNG, ref="r-ghibli-q"),
+    "f1": FaceSpec("subject-f", FEMALE_YOUNG, ref="r-cel-1", style="cel"),
+    "g1": FaceSpec("subject-g", [("gender", "male", "declared", 1.0)]),
+    "h1": FaceSpec("subject-h", [("gender", "female", "declared", 1.0)], score=0.85),
+    # The review queue and what did not make it.
+    "p1": FaceSpec("subject-p", FEMALE_YOUNG, status="pending", decided_by=None, score=0.5),
+    "p2": FaceSpec("subject-p", FEMALE_YOUNG, status="pending", decided_by=None, score=0.4),
+    "u1": FaceSpec("subject-u", FEMALE_YOUNG, status="unmatched", decided_by=None, ref=None),
+    "x1": FaceSpec("subject-x", FEMALE_YOUNG, status="rejected", decided_by="human:bob", ref=None),
+}
+
+APPROVED_IN_SNAPSHOT = 9  # a1, a2, b1, c1, d1, f1, g1, h1 ... minus a3 (cap) and e1 (quarantine)
+
+
+def seed(home: Path, sql_url: str, specs: dict[str, FaceSpec] = SPECS) -> Seeded:
+    """A database and blob store holding ``specs`` (faces, labels, pairs), the reference
+    library in ``REFS`` and two uploads rejected as duplicates."""
+    upgrade(sql_url)
+    settings = Settings(
+        home=home,
+        database_url=sql_url,
+        dataset={
+            "max_per_subject": 2,
+            "validation_fraction": 0.3,
+            "seed": 0,
+            "target_coverage": {
+                "gender": ("female", "male"),
+                "age_band": ("18-29", "30-44", "45-59", "60+"),
+            },
+        },
+    )
+    engine = create_engine_for(sql_url)
+    blobs = BlobStore(settings.blob_dir)
+    seeded = Seeded(settings, engine, blobs)
+    n = 0
+
+    def next_id() -> str:
+        nonlocal n
+        n += 1
+        return _id(n)
+
+    with engine.begin() as connection:
+        connection.execute(
+            _table(LibraryVersion).insert(),
+            [{"version": v, "created_at": T0, "added": 2} for v in (1, 2)],
+        )
+        for i, (key, ref) in enumerate(REFS.items()):
+            ref_id = next_id()
+            seeded.refs[key] = ref_id
+            connection.execute(
+                _table(AnimeRef).insert(),
+                {
+                    "ref_id": ref_id,
+                    "style": ref["style"],
+                    "status": "quarantined" if ref.get("q") else "active",
+                    "original": blobs.put(_png(1000 + i, 64)),
+                    "training": blobs.put(_png(2000 + i, 48)),
+                    "region": "whole",
+                    "box": [0, 0, 64, 64],
+                    "width": 64,
+                    "height": 64,
+                    "license": ref["license"],
+                    "source": f"https://example.org/{key}",
+                    "author": ref["author"],
+                    "tags": ["face", key],
+                    "stats": {"hue": 0.1},
+                    "embedder": "test",
+                    "library_version": 2 if key == "r-ghibli-2" else 1,
+                    "added_at": T0,
+                },
+            )
+            connection.execute(
+                _table(RefLabel).insert(),
+                {
+                    "ref_id": ref_id,
+                    "name": "hair_colour",
+                    "value": "black",
+                    "source": "human",
+                    "confidence": 1.0,
+                    "created_at": T0,
+                },
+            )
+        subjects = sorted({spec.subject for spec in specs.values()} | {"subject-dup"})
+        connection.execute(
+            _table(Subject).insert(),
+            [
+                {
+                    "pseudonym": s,
+                    "first_seen_at": T0,
+                    "consent_version": "v1",
+                    "consent_scopes": ["training"],
+                    "consent_granted_at": T0,
+                }
+                for s in subjects
+            ],
+        )
+        for k in range(2):
+            connection.execute(
+                _table(Upload).insert(),
+                {
+                    "upload_id": f"dup-{k}",
+                    "subject": "subject-dup",
+                    "state": "rejected",
+                    "reason": "duplicate",
+                    "stage": "store",
+                    "finished_at": T0,
+                },
+            )
+        for i, (name, spec) in enumerate(specs.items()):
+            face_id, upload_id = next_id(), f"upload-{name}"
+            seeded.faces[name] = face_id
+            connection.execute(
+                _table(Upload).insert(),
+                {
+                    "upload_id": upload_id,
+                    "subject": spec.subject,
+                    "state": "accepted",
+                    "source": spec.source,
+                    "license": spec.license,
+                    "consent_version": "v1",
+                    "submitted_at": T0,
+                    "finished_at": T0,
+                },
+            )
+            connection.execute(
+                _table(Face).insert(),
+                {
+                    "face_id": face_id,
+                    "upload_id": upload_id,
+                    "subject": spec.subject,
+                    "source": spec.source,
+                    "license": spec.license,
+                    "attribution": spec.attribution,
+                    "detector": "mtcnn",
+                    "detection_prob": 0.99,
+                    "box": [0, 0, 10, 10],
+                    "landmarks": [[1, 1]] * 5,
+                    "quality": {"sharpness": 120.5 + i, "brightness": 110.0},
+                    "crop_256": blobs.put(_png(i, 32)),
+                    "crop_512": blobs.put(_png(500 + i, 64)),
+                    "align": {"scale": 1.0},
+                    "embedder": "test",
+                    "embedder_random_init": True,
+                    "image_width": 512,
+                    "image_height": 512,
+                    "created_at": T0,
+                },
+            )
+            if spec.labels:
+                connection.execute(
+                    _table(Label).insert(),
+                    [
+                        {
+                            "face_id": face_id,
+                            "name": label,
+                            "value": value,
+                            "source": source,
+                            "confidence": confidence,
+                            "created_at": T0,
+                        }
+                        for label, value, source, confidence in spec.labels
+                    ],
+                )
+            if spec.status is None:
+                continue
+            connection.execute(
+                _table(Pair).insert(),
+                {
+                    "pair_id": next_id(),
+                    "face_id": face_id,
+                    "subject": spec.subject,
+                    "style": spec.style,
+                    "ref_id": seeded.refs[spec.ref] if spec.ref else None,
+                    "score": spec.score,
+                    "status": spec.status,
+                    "decided_by": spec.decided_by,
+                    "decided_at": T0 if spec.decided_by else None,
+                    "candidates": [],
+                    "library_version": 2 if spec.ref == "r-ghibli-2" else 1,
+                    "created_at": T0,
+                    "updated_at": T0,
+                },
+            )
+    return seeded
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Iterator[Seeded]:
+    state = seed(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 's2a.db'}")
+    yield state
+    state.engine.dispose()
+
+
+# -- snapshots ----------------------------------------------------------------------------
+
+
+def test_snapshot_is_deterministic_and_named_by_its_bytes(sql_url: str, tmp_path: Path) -> None:
+    state = seed(tmp_path / "home", sql_url)
+    try:
+        first = create_snapshot(state.engine, state.settings)
+        assert first.created
+        assert first.version == 1
+        data = first.manifest_path.read_bytes()
+        assert first.snapshot_id == "ds-" + hashlib.sha256(data).hexdigest()[:16]
+        assert str(tmp_path) not in data.decode()
+
+        # The backend is not part of the state: a SQLite copy of it gives the same id.
+        copy = seed(tmp_path / "copy", f"sqlite:///{tmp_path / 'copy' / 's2a.db'}")
+        try:
+            assert create_snapshot(copy.engine, copy.settings).snapshot_id == first.snapshot_id
+        finally:
+            copy.engine.dispose()
+
+        # Rebuilt from the same state: the same bytes, and no new row.
+        params = SnapshotParams.from_settings(state.settings)
+        assert canonical_json(build_manifest(load_state(state.engine, params), params)) == data
+        again = create_snapshot(state.engine, state.settings)
+        assert (again.snapshot_id, again.version, again.created) == (first.snapshot_id, 1, False)
+        assert [s.snapshot_id for s in list_snapshots(state.engine)] == [first.snapshot_id]
+
+        # One label changed: another id, the next version, the first manifest untouched.
+        labels = _table(Label)
+        with state.engine.begin() as connection:
+            connection.execute(
+                update(labels)
+                .where(labels.c.face_id == state.faces["c1"], labels.c.name == "age_band")
+                .values(value="60+")
+            )
+        changed = create_snapshot(state.engine, state.settings)
+        assert changed.created
+        assert changed.version == 2
+        assert changed.snapshot_id != first.snapshot_id
+        assert first.manifest_path.read_bytes() == data
+        rows = list_snapshots(state.engine)
+        assert [(r.version, r.snapshot_id) for r in rows] == [
+            (1, first.snapshot_id),
+            (2, changed.snapshot_id),
+        ]
+        assert find_snapshot(state.engine, "latest").snapshot_id == changed.snapshot_id
+        assert find_snapshot(state.engine, "1").snapshot_id == first.snapshot_id
+    finally:
+        state.engine.dispose()
+
+
+def test_snapshot_records_splits_cap_labels_and_lineage(seeded: Seeded) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    by_face = {r["face_id"]: r for r in manifest.records}
+    face = {name: by_face.get(face_id) for name, face_id in seeded.faces.items()}
+
+    assert len(manifest.records) == APPROVED_IN_SNAPSHOT - 1  # 8: a1 a2 b1 c1 d1 f1 g1 h1
+    assert [face[name] for name in ("a3", "e1", "p1", "u1", "x1")] == [None] * 5
+    train = {r["subject"] for r in manifest.split("train")}
+    validation = {r["subject"] for r in manifest.split("validation")}
+    assert not train & validation
+    assert train
+    assert validation
+
+    summary = manifest.summary
+    assert summary["dropped_by_cap"] == 1
+    assert summary["quarantined_refs"] == 1
+    assert summary["queue"] == {"pending": 2, "unmatched": 1, "rejected": 1}
+    assert summary["decided_by"] == {"auto": 6, "human": 1, "import": 1, "other": 0}
+    assert summary["duplicate_uploads"] == 2
+    assert summary["styles"] == {"cel": 1, "ghibli": 7}
+    assert summary["splits"]["train"]["records"] + summary["splits"]["validation"]["records"] == 8
+
+    b1, d1 = face["b1"], face["d1"]
+    assert b1 is not None
+    assert d1 is not None
+    assert "glasses" not in b1["labels"]  # model guess at 0.5 < 0.85
+    assert b1["labels"]["expression"] == {"value": "smiling", "source": "model", "confidence": 0.99}
+    assert d1["labels"]["gender"]["value"] == "male"  # human over declared
+    assert d1["lineage"]["face_license"] == "CC-BY-4.0"
+    assert d1["lineage"]["face_attribution"] == "Face Research Lab London Set"
+    assert b1["lineage"]["face_license"] is None
+    assert b1["lineage"]["decided_by"] == "human:alice"
+    assert b1["ref_labels"]["hair_colour"]["value"] == "black"
+    assert b1["caption"] == "anime portrait, ghibli style, smiling adult man, slightly turned"
+    assert manifest.data["library_version"] == 2
+
+    row = find_snapshot(seeded.engine, result.snapshot_id)
+    assert isinstance(row, Snapshot)
+    assert (row.pairs, row.subjects) == (8, 7)
+    assert (row.train, row.validation) == (
+        summary["splits"]["train"]["records"],
+        summary["splits"]["validation"]["records"],
+    )
+    assert row.params["max_per_subject"] == 2
+    assert row.library_version == 2
+
+    ghibli = create_snapshot(seeded.engine, seeded.settings, style="ghibli")
+    assert ghibli.summary["styles"] == {"ghibli": 7}
+    assert ghibli.version == 2
+
+
+def test_snapshot_of_nothing_and_a_tampered_manifest_are_errors(tmp_path: Path) -> None:
+    empty = seed(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 's2a.db'}", specs={})
+    try:
+        with pytest.raises(DatasetError, match="no approved pairs"):
+            create_snapshot(empty.engine, empty.settings)
+    finally:
+        empty.engine.dispose()
+    state = seed(tmp_path / "other", f"sqlite:///{tmp_path / 'other' / 's2a.db'}")
+    try:
+        result = create_snapshot(state.engine, state.settings)
+        result.manifest_path.chmod(0o644)
+        result.manifest_path.write_bytes(result.manifest_path.read_bytes().replace(b"0.9", b"0.1"))
+        with pytest.raises(DatasetError, match="changed after it was written"):
+            read_manifest(state.settings.dataset_dir, result.snapshot_id)
+        with pytest.raises(DatasetError, match="different content"):
+            create_snapshot(state.engine, state.settings)
+        with pytest.raises(DatasetError, match="not a snapshot id"):
+            read_manifest(state.settings.dataset_dir, "../../etc")
+    finally:
+        state.engine.dispose()
+
+
+# -- exports ------------------------------------------------------------------------------
+
+
+def _load(data_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    return datasets.load_dataset("imagefolder", data_dir=str(data_dir), cache_dir=str(cache))
+
+
+def test_imagefolder_export_loads_with_both_images_and_captions(
+    seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    out = tmp_path / "export" / "imagefolder"
+    exported = export_snapshot(manifest, seeded.blobs, out, "imagefolder", size=256)
+    assert exported.rows == {s: len(manifest.split(s)) for s in ("train", "validation")}
+
+    loaded = _load(out, tmp_path / "hf-cache", monkeypatch)
+    assert set(loaded) == {"train", "validation"}
+    for split in ("train", "validation"):
+        records = {r["pair_id"]: r for r in manifest.split(split)}
+        rows = loaded[split]
+        assert rows.num_rows == len(records)
+        assert {"image", "selfie", "text", "weight", "labels"} <= set(rows.column_names)
+        for row in rows:
+            record = records[row["pair_id"]]
+            assert row["text"] == record["caption"]
+            assert row["image"].size == (48, 48)  # the anime training image
+            assert row["selfie"].size == (32, 32)  # the 256 crop (tiny in this test)
+            assert json.loads(row["labels"])["gender"] == record["labels"]["gender"]["value"]
+
+    licenses = (out / "LICENSES.md").read_text()
+    for ref in ("CC-BY-4.0", "CC0-1.0", "CC-BY-SA-4.0", "Dirk Struve", "Astrid \\| Graeber"):
+        assert ref in licenses
+    assert "Face Research Lab London Set" in licenses
+    assert "quarantined one" not in licenses
+    assert json.loads((out / "export.json").read_text())["snapshot_id"] == result.snapshot_id
+
+
+def test_instructpix2pix_export_loads_with_its_three_columns(
+    seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    out = tmp_path / "ip2p"
+    out.mkdir()  # an empty directory is accepted
+    export_snapshot(manifest, seeded.blobs, out, "instructpix2pix")
+
+    loaded = _load(out, tmp_path / "hf-cache", monkeypatch)
+    train = loaded["train"]
+    assert {"input_image", "edit_prompt", "edited_image"} <= set(train.column_names)
+    assert train.num_rows == len(manifest.split("train"))
+    row = train[0]
+    assert row["input_image"].size == (64, 64)  # the 512 crop (tiny in this test)
+    assert row["edited_image"].size == (48, 48)
+    assert row["edit_prompt"].startswith("turn this photo into an anime portrait, ")
+
+
+def test_webdataset_export_reads_back_every_sample(seeded: Seeded, tmp_path: Path) -> None:
+    import webdataset as wds
+
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    out = tmp_path / "wds"
+    exported = export_snapshot(manifest, seeded.blobs, out, "webdataset", shard_size=3)
+    train_records = {r["pair_id"]: r for r in manifest.split("train")}
+    shards = sorted((out / "train").glob("shard-*.tar"))
+    assert len(shards) == -(-len(train_records) // 3)
+    assert [f"train/{p.name}" for p in shards] == list(exported.files["train"])
+
+    samples = list(wds.WebDataset([str(p) for p in shards], shardshuffle=False).decode("pil"))
+    assert sorted(s["__key__"] for s in samples) == sorted(train_records)
+    for sample in samples:
+        record = train_records[sample["__key__"]]
+        assert sample["selfie.png"].size == (64, 64)
+        assert sample["anime.png"].size == (48, 48)
+        assert sample["txt"] == record["caption"]
+        assert sample["json"]["split"] == "train"
+        assert sample["json"]["weight"] == record["weight"]
+        assert sample["json"]["lineage"]["ref_id"] == record["lineage"]["ref_id"]
+    validation_shard = str(out / "validation" / "shard-000000.tar")
+    validation = list(wds.WebDataset(validation_shard, shardshuffle=False).decode())
+    assert len(validation) == len(manifest.split("validation"))
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset"])
+def test_exports_are_byte_identical(seeded: Seeded, tmp_path: Path, fmt: str) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    first = export_snapshot(manifest, seeded.blobs, tmp_path / "one", fmt).out
+    second = export_snapshot(manifest, seeded.blobs, tmp_path / "two", fmt).out
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(first) == files(second)
+    assert len(files(first)) > 3
+
+
+def test_a_missing_or_corrupt_blob_fails_the_export_and_leaves_nothing(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    record = manifest.records[0]
+    digest = record["anime"]["training"]
+    blob = seeded.blobs.path(digest)
+    original = blob.read_bytes()
+
+    blob.write_bytes(original[:-10])
+    with pytest.raises(DatasetError, match=f"blob {digest} is corrupt"):
+        export_snapshot(manifest, seeded.blobs, tmp_path / "bad", "webdataset")
+    blob.unlink()
+    with pytest.raises(DatasetError, match=f"anime: blob {digest} is missing"):
+        export_snapshot(manifest, seeded.blobs, tmp_path / "bad", "imagefolder")
+    assert list(tmp_path.iterdir()) == [tmp_path / "home"]
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(DatasetError, match="not empty"):
+        export_snapshot(manifest, seeded.blobs, tmp_path / "full", "imagefolder")
+
+
+# -- report and CLI -------------------------------------------------------------------------
+
+
+def test_report_shows_gaps_and_counts(seeded: Seeded, tmp_path: Path) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    path = write_report(manifest, tmp_path / "report.html")
+    page = path.read_text()
+
+    # age_band 60+ is a target value no record holds: a flagged gap row.
+    assert (
+        '<tr class="gap"><td>age_band</td><td>60+</td><td>0</td><td>0</td><td>0</td>'
+        "<td>missing</td></tr>" in page
+    )
+    assert "<td>pairs dropped by the per-subject cap</td><td>1</td>" in page
+    assert "<td>duplicate uploads removed at ingestion</td><td>2</td>" in page
+    assert "<b>2</b> pending" in page
+    assert "<td>human</td><td>1</td><td>12.5%</td>" in page
+    assert page.count("<svg") >= 4  # pose, style and attribute charts
+    for external in ("<script", "<link", "src=", "@import", "url("):
+        assert external not in page
+    assert "Astrid | Graeber" not in page  # nothing unescaped from the data either
+
+
+def test_cli_json_prints_only_json(seeded: Seeded, tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {
+        "S2A_HOME": str(seeded.settings.home),
+        "S2A_DATABASE_URL": seeded.settings.sql_url,
+        "S2A_DATASET__MAX_PER_SUBJECT": "2",
+        "S2A_DATASET__VALIDATION_FRACTION": "0.3",
+    }
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(cli, ["dataset", *args, "--json"], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    made = run("snapshot")
+    assert made["created"] is True
+    assert made["summary"]["records"] == 8
+    again = run("snapshot")
+    assert (again["snapshot_id"], again["created"]) == (made["snapshot_id"], False)
+    listed = run("list")
+    assert [row["snapshot_id"] for row in listed] == [made["snapshot_id"]]
+
+    exported = run("export", "latest", "--format", "webdataset", "--out", str(tmp_path / "w"))
+    assert exported["snapshot_id"] == made["snapshot_id"]
+    assert Path(exported["out"], exported["files"]["train"][0]).is_file()
+
+    reported = run("report", made["snapshot_id"])
+    assert Path(reported["path"]) == (
+        seeded.settings.dataset_dir / made["snapshot_id"] / "report.html"
+    )
+    assert Path(reported["path"]).is_file()
+
+    missing = runner.invoke(cli, ["dataset", "report", "7", "--json"], env=env)
+    assert missing.exit_code != 0
+    assert missing.stdout == ""

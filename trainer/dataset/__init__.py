@@ -1,0 +1,74 @@
+"""Dataset snapshots, exports and reports: approved pairs become training data.
+
+    snapshot   SQL state -> immutable manifest ``dataset_dir/<ds-id>/manifest.json``
+    export     manifest + blobs -> imagefolder | instructpix2pix | webdataset folder
+    report     manifest -> one self-contained HTML page
+
+Example::
+
+    from trainer.dataset import create_snapshot, export_snapshot, read_manifest
+
+    result = create_snapshot(create_engine_for(settings.sql_url), settings)
+    manifest = read_manifest(settings.dataset_dir, result.snapshot_id)
+    export_snapshot(manifest, BlobStore(settings.blob_dir), Path("out"), "webdataset")
+"""
+
+from trainer.dataset.export import ExportFormat, ExportResult, export_snapshot, licenses_markdown
+from trainer.dataset.report import CoverageRow, coverage, render_report, write_report
+from trainer.dataset.snapshot import (
+    SPLITS,
+    TRAIN,
+    VALIDATION,
+    ApprovedPair,
+    DatasetState,
+    Manifest,
+    SnapshotParams,
+    SnapshotResult,
+    SplitPlan,
+    assign_splits,
+    build_manifest,
+    canonical_json,
+    cap_per_subject,
+    caption,
+    create_snapshot,
+    find_snapshot,
+    list_snapshots,
+    load_state,
+    read_manifest,
+    sampling_weights,
+    snapshot_id_of,
+    subject_draw,
+)
+
+__all__ = [
+    "SPLITS",
+    "TRAIN",
+    "VALIDATION",
+    "ApprovedPair",
+    "CoverageRow",
+    "DatasetState",
+    "ExportFormat",
+    "ExportResult",
+    "Manifest",
+    "SnapshotParams",
+    "SnapshotResult",
+    "SplitPlan",
+    "assign_splits",
+    "build_manifest",
+    "canonical_json",
+    "cap_per_subject",
+    "caption",
+    "coverage",
+    "create_snapshot",
+    "export_snapshot",
+    "find_snapshot",
+    "licenses_markdown",
+    "list_snapshots",
+    "load_state",
+    "read_manifest",
+    "render_report",
+    "sampling_weights",
+    "snapshot_id_of",
+    "subject_draw",
+    "write_report",
+]
