@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from infra.clikit import settings_of
 from infra.output import emit_json
+from schemas.settings import Settings
+from schemas.tables import Pair
+
+if TYPE_CHECKING:
+    from agents.review.server import ReviewServer
+
+log = logging.getLogger(__name__)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -53,9 +63,46 @@ def review(
     settings = settings_of(ctx)
     name = reviewer if reviewer is not None else _login_name()
     upgrade(settings.sql_url)
-    server = ReviewServer(
-        settings, name, host=host, port=port, include_unmatched="unmatched" in include
-    )
+    with contextlib.ExitStack() as stack:
+        announce = _announcer(settings, stack)
+        server = ReviewServer(
+            settings,
+            name,
+            on_decision=announce,
+            host=host,
+            port=port,
+            include_unmatched="unmatched" in include,
+        )
+        _serve(server, as_json)
+
+
+def _announcer(settings: Settings, stack: contextlib.ExitStack) -> Callable[[Pair], None] | None:
+    """Publish each decided pair on the ``pairs`` topic, when a broker answers.
+
+    SQL holds the decision either way; the topic only tells downstream consumers. Reviewing
+    needs no running stack, so without a broker the page works and says so once, here.
+    """
+    from agents.pairing.pairer import record_of
+    from infra.errors import BrokerError
+    from infra.kafka import RecordPublisher, ensure_topics
+    from schemas.pairs import PAIRS_TOPIC
+
+    try:
+        ensure_topics(settings, [PAIRS_TOPIC])
+        publisher = stack.enter_context(
+            RecordPublisher(settings, PAIRS_TOPIC, client_id="s2a-review")
+        )
+    except BrokerError as exc:
+        log.warning("decisions will not be announced on the pairs topic: %s", exc)
+        return None
+
+    def announce(pair: Pair) -> None:
+        publisher.publish_raw(pair.subject.encode(), record_of(pair).to_bytes())
+
+    return announce
+
+
+def _serve(server: ReviewServer, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     url = server.start()
     try:

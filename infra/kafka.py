@@ -18,14 +18,18 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from infra.errors import BrokerError
-from schemas import rejections, uploads
+from schemas import pairs, rejections, uploads
+from schemas.pairs import PairRecord
 from schemas.rejections import Rejection
 from schemas.settings import Settings
 from schemas.uploads import UploadEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-INGEST_TOPICS = (uploads.TOPIC, rejections.TOPIC)
+R = TypeVar("R")
+P = TypeVar("P", bound="RecordPublisher")
+#: Every topic the worker reads or writes; the embedded broker starts without them.
+WORKER_TOPICS = (uploads.TOPIC, rejections.TOPIC, pairs.FACES_TOPIC, pairs.PAIRS_TOPIC)
 
 
 def _connect(client: Callable[..., T], settings: Settings, **options: Any) -> T:
@@ -38,7 +42,7 @@ def _connect(client: Callable[..., T], settings: Settings, **options: Any) -> T:
         ) from exc
 
 
-def ensure_topics(settings: Settings, names: Iterable[str] = INGEST_TOPICS) -> None:
+def ensure_topics(settings: Settings, names: Iterable[str] = WORKER_TOPICS) -> None:
     """Create the topics if they are missing (the embedded broker starts empty)."""
     admin = _connect(KafkaAdminClient, settings, client_id="s2a-admin")
     try:
@@ -50,28 +54,25 @@ def ensure_topics(settings: Settings, names: Iterable[str] = INGEST_TOPICS) -> N
         admin.close()
 
 
-class UploadPublisher:
-    """Publishes upload events keyed by ``upload_id`` and waits for the broker's ack.
+class RecordPublisher:
+    """Publishes records to one topic and waits for the broker's ack of each.
 
     Example::
 
-        with UploadPublisher(settings) as publisher:
-            publisher.publish(event)
+        with RecordPublisher(settings, pairs.PAIRS_TOPIC) as publisher:
+            publisher.publish_raw(record.subject.encode(), record.to_bytes())
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.topic = settings.topic(uploads.TOPIC)
+    def __init__(self, settings: Settings, topic: str, client_id: str = "s2a-publish") -> None:
+        self.topic = settings.topic(topic)
         self.producer = _connect(
             KafkaProducer,
             settings,
-            client_id="s2a-publish",
+            client_id=client_id,
             acks="all",
             linger_ms=5,
             max_request_size=settings.limits.max_record_bytes,
         )
-
-    def publish(self, event: UploadEvent) -> None:
-        self.publish_raw(event.partition_key(), event.to_bytes())
 
     def publish_raw(self, key: bytes | None, value: bytes, timeout_s: float = 30.0) -> None:
         """Send bytes as they are (tests and the demo use it for malformed records)."""
@@ -83,11 +84,27 @@ class UploadPublisher:
     def close(self) -> None:
         self.producer.close()
 
-    def __enter__(self) -> UploadPublisher:
+    def __enter__(self: P) -> P:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class UploadPublisher(RecordPublisher):
+    """Publishes upload events keyed by their subject (see ``UploadEvent.partition_key``).
+
+    Example::
+
+        with UploadPublisher(settings) as publisher:
+            publisher.publish(event)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, uploads.TOPIC)
+
+    def publish(self, event: UploadEvent) -> None:
+        self.publish_raw(event.partition_key(), event.to_bytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +146,34 @@ def consumer_lag(settings: Settings) -> Lag:
 def read_rejections(settings: Settings, expect: int, timeout_s: float = 30.0) -> list[Rejection]:
     """Records on ``uploads-dlq`` from the beginning, until ``expect`` distinct uploads
     are seen or ``timeout_s`` passes without a new record."""
+    return read_records(
+        settings,
+        rejections.TOPIC,
+        Rejection.from_bytes,
+        lambda rejection: rejection.upload_id,
+        expect,
+        timeout_s,
+    )
+
+
+def read_pairs(settings: Settings, expect: int, timeout_s: float = 30.0) -> list[PairRecord]:
+    """Records on ``pairs`` from the beginning, until ``expect`` distinct pairs are seen
+    or ``timeout_s`` passes without a new record."""
+    return read_records(
+        settings, pairs.PAIRS_TOPIC, PairRecord.from_bytes, lambda r: r.pair_id, expect, timeout_s
+    )
+
+
+def read_records(
+    settings: Settings,
+    topic: str,
+    parse: Callable[[bytes], R],
+    key_of: Callable[[R], str],
+    expect: int,
+    timeout_s: float = 30.0,
+) -> list[R]:
+    """Records of ``topic`` from the beginning, until ``expect`` distinct keys are seen or
+    ``timeout_s`` passes without a new record."""
     consumer = _connect(
         KafkaConsumer,
         settings,
@@ -138,16 +183,16 @@ def read_rejections(settings: Settings, expect: int, timeout_s: float = 30.0) ->
         fetch_max_bytes=max(settings.limits.max_record_bytes, 50 * 1024 * 1024),
         max_partition_fetch_bytes=settings.limits.max_record_bytes,
     )
-    consumer.subscribe([settings.topic(rejections.TOPIC)])
-    found: list[Rejection] = []
+    consumer.subscribe([settings.topic(topic)])
+    found: list[R] = []
     seen: set[str] = set()
     try:
         if expect <= 0:
             return found
         for message in consumer:
-            rejection = Rejection.from_bytes(message.value)
-            found.append(rejection)
-            seen.add(rejection.upload_id)
+            record = parse(message.value)
+            found.append(record)
+            seen.add(key_of(record))
             if len(seen) >= expect:
                 break
         return found

@@ -1,0 +1,1 @@
+"""Pairing: accepted faces matched to anime references (match stage, SQL, the pairer)."""

@@ -1,0 +1,98 @@
+"""Match stage: which anime references may pair with a face, and how good each pair is.
+
+Pure functions over labels and search hits; the pairer does the I/O. A candidate's score is
+in 0..1 and mixes two things:
+
+- **similarity**: the cosine of the face's and the reference's embeddings, as ``(cos+1)/2``;
+- **label agreement**: the share of labels both sides carry (gender, age band, expression,
+  hair colour, glasses) that agree. When neither side has a comparable label it is 0.5:
+  nothing known, neither for nor against.
+
+A random-initialised embedder (the offline default) gives every pair of images nearly the
+same cosine, so its similarity says nothing; the score then rests on label agreement alone
+and the candidate says so (``similarity_used``). Compatibility that must hold (glasses: a face
+with glasses pairs only with references drawn with glasses) is a search filter, not a score,
+so an incompatible reference is never considered at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from agents.refindex import RefFilter, RefHit
+from schemas.labels import LabelName
+from schemas.pairs import Candidate, PairStatus
+
+#: Labels compared between a face and a reference for the agreement part of the score.
+COMPARED: tuple[str, ...] = (
+    LabelName.GENDER,
+    LabelName.AGE_BAND,
+    LabelName.EXPRESSION,
+    LabelName.HAIR_COLOUR,
+    LabelName.GLASSES,
+)
+#: Labels that must agree, enforced by the index filter when the face's value is known.
+REQUIRED: tuple[str, ...] = (LabelName.GLASSES,)
+#: Weight of the embedding similarity when the embedder is trained (the rest is labels).
+SIMILARITY_WEIGHT = 0.5
+#: Agreement when no label is comparable: no evidence either way.
+NO_EVIDENCE = 0.5
+
+
+def compatibility_filter(
+    style: str, face_labels: Mapping[str, str], exclude: Sequence[str] = ()
+) -> RefFilter:
+    """The search filter for one face and style: the style, and every required label the
+    face has a value for."""
+    required = {name: face_labels[name] for name in REQUIRED if name in face_labels}
+    return RefFilter(style=style, labels=required, exclude=tuple(exclude))
+
+
+def label_agreement(face_labels: Mapping[str, str], ref_labels: Mapping[str, str]) -> float:
+    """Share of the compared labels present on both sides that agree (0.5 if none is)."""
+    both = [name for name in COMPARED if name in face_labels and name in ref_labels]
+    if not both:
+        return NO_EVIDENCE
+    return sum(face_labels[name] == ref_labels[name] for name in both) / len(both)
+
+
+def score_candidates(
+    hits: Sequence[RefHit], face_labels: Mapping[str, str], *, similarity_informative: bool
+) -> list[Candidate]:
+    """Every hit as a scored candidate, best first (ties broken by ref id, so the order is
+    the same on every run)."""
+    weight = SIMILARITY_WEIGHT if similarity_informative else 0.0
+    candidates = []
+    for hit in hits:
+        similarity = max(0.0, min(1.0, (hit.score + 1.0) / 2.0))
+        ref_labels = hit.payload.get("labels") or {}
+        agreement = label_agreement(face_labels, ref_labels)
+        score = weight * similarity + (1.0 - weight) * agreement
+        candidates.append(
+            Candidate(
+                ref_id=hit.ref_id,
+                score=round(score, 6),
+                similarity=round(similarity, 6),
+                label_agreement=round(agreement, 6),
+            )
+        )
+    candidates.sort(key=lambda c: (-c.score, c.ref_id))
+    return candidates
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: PairStatus
+    ref_id: str | None
+    score: float | None
+
+
+def decide(candidates: Sequence[Candidate], auto_approve: float) -> Decision:
+    """Approve the best candidate at or above ``auto_approve``; otherwise queue the face
+    for review with its best guess; with no candidate at all, it is unmatched."""
+    if not candidates:
+        return Decision(PairStatus.UNMATCHED, None, None)
+    best = candidates[0]
+    status = PairStatus.APPROVED if best.score >= auto_approve else PairStatus.PENDING
+    return Decision(status, best.ref_id, best.score)

@@ -1,0 +1,73 @@
+"""Match stage: compatibility filters, candidate scores and the approval decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.pairing.match import (
+    NO_EVIDENCE,
+    compatibility_filter,
+    decide,
+    label_agreement,
+    score_candidates,
+)
+from agents.refindex import RefHit
+from schemas.pairs import Candidate, PairStatus
+
+
+def hit(ref_id: str, cosine: float, **labels: str) -> RefHit:
+    return RefHit(ref_id=ref_id, score=cosine, payload={"style": "pc", "labels": labels})
+
+
+def test_filter_requires_the_faces_glasses_value_only_when_known() -> None:
+    assert compatibility_filter("pc", {"glasses": "yes", "gender": "female"}).labels == {
+        "glasses": "yes"
+    }
+    unknown = compatibility_filter("pc", {"gender": "female"})
+    assert unknown.style == "pc" and dict(unknown.labels) == {}
+
+
+def test_agreement_counts_only_labels_both_sides_have() -> None:
+    face = {"gender": "female", "expression": "smiling", "age_band": "18-29"}
+    assert label_agreement(face, {"gender": "female", "expression": "neutral"}) == 0.5
+    assert label_agreement(face, {"gender": "female"}) == 1.0
+    assert label_agreement(face, {"hair_colour": "red"}) == NO_EVIDENCE
+
+
+def test_random_init_similarity_does_not_move_the_score() -> None:
+    hits = [hit("a", 0.99, gender="male"), hit("b", 0.10, gender="female")]
+    face = {"gender": "female"}
+
+    blind = score_candidates(hits, face, similarity_informative=False)
+    seeing = score_candidates(hits, face, similarity_informative=True)
+
+    assert [c.ref_id for c in blind] == ["b", "a"]
+    assert blind[0].score == 1.0 and blind[1].score == 0.0
+    # With a trained embedder the close-but-wrong-gender reference gains on the other.
+    assert seeing[1].score > blind[1].score
+    assert all(0.0 <= c.score <= 1.0 for c in seeing)
+
+
+def test_candidates_are_ordered_by_score_then_id() -> None:
+    hits = [hit("b", 0.5), hit("a", 0.5), hit("c", 0.9)]
+    ranked = score_candidates(hits, {}, similarity_informative=True)
+    assert [c.ref_id for c in ranked] == ["c", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("best", "status"),
+    [(0.95, PairStatus.APPROVED), (0.8, PairStatus.APPROVED), (0.79, PairStatus.PENDING)],
+)
+def test_decision_threshold(best: float, status: PairStatus) -> None:
+    candidates = [
+        Candidate(ref_id="x", score=best, similarity=0.5, label_agreement=best),
+        Candidate(ref_id="y", score=best / 2, similarity=0.5, label_agreement=0.0),
+    ]
+    decision = decide(candidates, auto_approve=0.8)
+    assert decision.status is status
+    assert decision.ref_id == "x" and decision.score == best
+
+
+def test_no_candidate_is_unmatched() -> None:
+    decision = decide([], auto_approve=0.8)
+    assert decision.status is PairStatus.UNMATCHED and decision.ref_id is None
