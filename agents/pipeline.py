@@ -32,6 +32,7 @@ from agents.stages.align import align
 from agents.stages.anonymize import decode_image, read_image, strip_identity
 from agents.stages.detect import FaceDetector
 from agents.stages.embed import FaceEmbedder
+from agents.stages.label import measured_labels
 from agents.stages.quality import assess
 from agents.stages.store import EMBED_SIZE, FaceStore, PreparedFace
 from agents.stages.validate import upload_id_of, validate
@@ -311,6 +312,7 @@ class IngestPipeline:
             detector=self.detector.name,
             embedder=self.embedder.name,
             random_init=self.embedder.random_init,
+            measured=measured_labels(_require(item.report)),
             origin=item.incoming.origin,
         )
 

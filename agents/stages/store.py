@@ -9,6 +9,7 @@ upload unfinished, so the re-delivered record redoes the same writes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +22,9 @@ from agents.errors import Rejected
 from agents.records import AlignedFace, CleanImage, QualityReport, RGBImage, ValidUpload
 from agents.repository import Repository
 from agents.stages.anonymize import encode_png
+from agents.stages.label import Measurement, declared_values
 from agents.vectors import APPEARANCE_VECTOR, FACE_VECTOR, FaceIndex
+from schemas.labels import LabelSource
 from schemas.reasons import ReasonCode, Stage
 from schemas.rejections import Origin
 from schemas.tables import Face, Label
@@ -54,18 +57,18 @@ def appearance_signature(crop: RGBImage) -> npt.NDArray[np.float32]:
 
 
 def declared_labels(upload: ValidUpload, face_id: str, now: datetime) -> list[Label]:
-    """The upload's self-declared attributes as labels with source ``declared``."""
-    values = upload.attributes.model_dump(exclude_none=True)
+    """The upload's self-declared attributes as vocabulary labels with source ``declared``
+    (see :func:`agents.stages.label.declared_values`)."""
     return [
         Label(
             face_id=face_id,
-            name=name,
-            value=str(value).lower(),
-            source="declared",
+            name=name.value,
+            value=value,
+            source=LabelSource.DECLARED.value,
             confidence=1.0,
             created_at=now,
         )
-        for name, value in sorted(values.items())
+        for name, value in sorted(declared_values(upload.attributes).items())
     ]
 
 
@@ -86,7 +89,8 @@ class FaceStore:
                           duplicate_similarity=0.985)
         prepared = store.prepare(aligned)
         face = store.store(upload, image, report, aligned, vector, prepared, detector="mtcnn",
-                           embedder="inception_resnet_v1/random-init/seed=0", random_init=True)
+                           embedder="inception_resnet_v1/random-init/seed=0", random_init=True,
+                           measured=measured_labels(report))
     """
 
     def __init__(
@@ -147,8 +151,11 @@ class FaceStore:
         detector: str,
         embedder: str,
         random_init: bool,
+        measured: Sequence[Measurement],
         origin: Origin | None = None,
     ) -> Face:
+        """Write the face, its declared and ``measured`` labels; ``Rejected(duplicate)``
+        when it looks like a face of the same subject already stored."""
         self.check_duplicate(upload, prepared.signature)
         face_id = face_id_for(upload.upload_id)
         now = datetime.now(UTC)
@@ -189,5 +196,6 @@ class FaceStore:
                 "embedder_random_init": random_init,
             },
         )
-        self.repository.record_accepted(upload, face, declared_labels(upload, face_id, now), origin)
+        labels = declared_labels(upload, face_id, now) + [m.row(face_id, now) for m in measured]
+        self.repository.record_accepted(upload, face, labels, origin)
         return face

@@ -313,19 +313,29 @@ def test_redelivered_event_changes_nothing(outcome: dict) -> None:
     assert not any(letter.upload_id == upload_id for letter in outcome["dead_letters"])
 
 
-def test_declared_labels_arrive(outcome: dict, settings: Settings) -> None:
+def test_declared_and_measured_labels_arrive(outcome: dict, settings: Settings) -> None:
     scenario: Scenario = outcome["scenario"]
     upload_id = next(u for u in scenario.cases if u.startswith("plain-"))
     truth = _declared("002")
+    assert (truth.age, truth.gender) == (24, "female")  # london_info.csv
     with sqlite3.connect(settings.home / "s2a.db") as db:
-        labels = dict(
-            db.execute(
-                "select l.name, l.value from labels l join faces f on f.face_id = l.face_id "
-                "where f.upload_id = ? and l.source = 'declared'",
-                (upload_id,),
-            ).fetchall()
-        )
-    assert labels == {"age": str(truth.age), "gender": truth.gender.lower()}
+        rows = db.execute(
+            "select l.source, l.name, l.value from labels l join faces f "
+            "on f.face_id = l.face_id where f.upload_id = ?",
+            (upload_id,),
+        ).fetchall()
+    labels = {(source, name): value for source, name, value in rows}
+    # Declared as the vocabulary: the age's band and the gender's value.
+    assert {k[1]: v for k, v in labels.items() if k[0] == "declared"} == {
+        "age_band": "18-29",
+        "gender": "female",
+    }
+    # A studio portrait: measured in the same transaction as its face.
+    assert {k[1]: v for k, v in labels.items() if k[0] == "measured"} == {
+        "pose_band": "frontal",
+        "lighting_band": "normal",
+        "blur": "sharp",
+    }
 
 
 def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settings) -> None:

@@ -95,6 +95,13 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
     assert dup.subject is not None
     assert outcomes[0].face is not None
     assert outcomes[0].face.subject != "subject-a"
+    # Every accepted face is stored with its measured labels.
+    labels = pipeline.repository.labels_of_face(outcomes[0].face.face_id)
+    assert {(label.source, label.name, label.value) for label in labels} == {
+        ("measured", "pose_band", "frontal"),
+        ("measured", "lighting_band", "normal"),
+        ("measured", "blur", "sharp"),
+    }
     # Re-delivery of the whole batch changes nothing: every upload is already finished.
     before = pipeline.repository.counts()
     again = pipeline.run(batch)
