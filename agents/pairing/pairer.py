@@ -106,7 +106,7 @@ class Pairer:
         styles = self.settings.pairing.styles or library.styles
         vectors = self.faces.vectors(face_ids, FACE_VECTOR)
         now = self._clock()
-        plan.model_labels = self._model_labels(face_ids, vectors, now)
+        plan.model_labels = self._model_labels(facts, vectors, now)
         guessed: dict[str, list[tuple[str, str, str, float]]] = {}
         for label in plan.model_labels:
             guessed.setdefault(label.face_id, []).append(
@@ -191,11 +191,19 @@ class Pairer:
         return self._index
 
     def _model_labels(
-        self, face_ids: list[str], vectors: dict[str, np.ndarray], now: datetime
+        self, facts: dict[str, FaceFacts], vectors: dict[str, np.ndarray], now: datetime
     ) -> list[Label]:
         heads = self._load_heads()
-        with_vectors = [face_id for face_id in face_ids if face_id in vectors]
-        if heads is None or not with_vectors:
+        if heads is None:
+            return []
+        # Heads learned one embedder's space; another embedder's vectors would get
+        # confident nonsense, so those faces wait for review instead.
+        with_vectors = [
+            face_id
+            for face_id, fact in facts.items()
+            if face_id in vectors and heads.embedder in (None, fact.embedder)
+        ]
+        if not with_vectors:
             return []
         stacked = np.stack([vectors[face_id] for face_id in with_vectors]).astype(np.float32)
         return model_labels(heads, stacked, with_vectors, now)

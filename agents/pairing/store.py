@@ -58,6 +58,7 @@ class Library:
 class FaceFacts:
     face_id: str
     subject: str
+    embedder: str
     random_init: bool
     labels: tuple[tuple[str, str, str, float], ...]
     """(name, value, source, confidence) rows"""
@@ -102,9 +103,12 @@ class PairStore:
         ids = list(dict.fromkeys(face_ids))
         with _storage("faces"), self._engine.connect() as connection:
             rows = connection.execute(
-                select(_FACES.c.face_id, _FACES.c.subject, _FACES.c.embedder_random_init).where(
-                    _FACES.c.face_id.in_(ids)
-                )
+                select(
+                    _FACES.c.face_id,
+                    _FACES.c.subject,
+                    _FACES.c.embedder,
+                    _FACES.c.embedder_random_init,
+                ).where(_FACES.c.face_id.in_(ids))
             ).all()
             labels: dict[str, list[tuple[str, str, str, float]]] = defaultdict(list)
             for face_id, name, value, source, confidence in connection.execute(
@@ -120,8 +124,10 @@ class PairStore:
             ):
                 labels[face_id].append((name, value, source, float(confidence)))
         return {
-            face_id: FaceFacts(face_id, subject, bool(random_init), tuple(labels[face_id]))
-            for face_id, subject, random_init in rows
+            face_id: FaceFacts(
+                face_id, subject, embedder, bool(random_init), tuple(labels[face_id])
+            )
+            for face_id, subject, embedder, random_init in rows
         }
 
     def pairs_of(self, face_ids: Sequence[str]) -> dict[tuple[str, str], Pair]:

@@ -24,17 +24,21 @@ from PIL import Image
 
 from agents.blobs import BlobStore
 from agents.db import create_engine_for
+from agents.pairing.store import PairStore
 from agents.repository import Repository
+from agents.stages.store import face_id_for
 from infra.broker import free_port
-from infra.kafka import UploadPublisher, consumer_lag, read_rejections
+from infra.kafka import UploadPublisher, consumer_lag, read_pairs, read_rejections
 from infra.runtime import Stack, settings_env
 from infra.waiting import wait_until
+from schemas.reasons import UploadState
 from schemas.settings import LimitSettings, Settings
 from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, UploadEvent
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).parents[1] / "data"
 REAL = DATA / "real"
+ANIME = DATA / "anime"
 DEADLINE_S = 300.0
 
 
@@ -118,7 +122,25 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     scenario = build_scenario(settings, tmp_path_factory.mktemp("outside"))
+    # The reference library comes first, through the command line: every accepted face
+    # is then paired against it by the worker's pairs agent.
+    references = _s2a(
+        settings,
+        "refs",
+        "add",
+        *(str(path) for path in sorted(ANIME.glob("renpy_*_face.png"))),
+        "--style",
+        "renpy",
+        "--sources",
+        str(DATA / "SOURCES.csv"),
+        "--label",
+        "gender=female",
+        "--label",
+        "age_band=18-29",
+        "--json",
+    )
     repository = Repository(create_engine_for(settings.sql_url))
+    pair_store = PairStore(create_engine_for(settings.sql_url))
     with Stack(settings) as stack, UploadPublisher(settings) as publisher:
         for upload_id, case in scenario.cases.items():
             if case.event is not None:
@@ -170,6 +192,14 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         )
         rejected = repository.counts().get("rejected", 0)
         dead_letters = read_rejections(settings, expect=rejected)
+        # Pairing follows ingestion: one pair per accepted face (one style here).
+        wait_until(
+            lambda: sum(pair_store.status_counts().values()) == repository.counts()["accepted"],
+            deadline_s=DEADLINE_S,
+            what="a pair for every accepted face",
+            alive=stack.check_worker,
+        )
+        pair_records = read_pairs(settings, expect=repository.counts()["accepted"])
     # The worker has stopped here, so the Qdrant local store can be opened.
     return {
         "scenario": scenario,
@@ -178,6 +208,9 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "redelivered": redelivered,
         "worker_log": (settings.run_dir / "worker.log").read_text(),
         "published_stdout": published.stdout,
+        "references_stdout": references.stdout,
+        "pair_store": pair_store,
+        "pair_records": pair_records,
         "imported_stdout": imported.stdout,
     }
 
@@ -420,3 +453,32 @@ def test_public_dataset_license_is_on_every_face(outcome: dict) -> None:
             "CC-BY-4.0",
             "Test Set",
         )
+
+
+def test_every_accepted_face_is_paired_and_announced(outcome: dict) -> None:
+    references = [json.loads(line) for line in outcome["references_stdout"].splitlines()]
+    assert references
+    assert {r["outcome"] for r in references} <= {"added", "quarantined"}
+    added = {r["ref_id"] for r in references if r["outcome"] == "added"}
+    repository: Repository = outcome["repository"]
+    pairs = outcome["pair_store"].list_pairs()
+    faces = {
+        face_id_for(upload.upload_id)
+        for upload in repository.list_uploads(state=UploadState.ACCEPTED)
+    }
+
+    assert {pair.face_id for pair in pairs} == faces
+    assert all(pair.style == "renpy" for pair in pairs)
+    for pair in pairs:
+        assert pair.status in ("approved", "pending")
+        assert pair.ref_id in added
+        assert {c["ref_id"] for c in pair.candidates} <= added
+        assert pair.library_version == 1
+    # The declared young women agree with the references on every shared label.
+    assert any(pair.status == "approved" and pair.decided_by == "auto" for pair in pairs)
+    # Every pair went out on the pairs topic, as stored.
+    announced = {record.pair_id: record for record in outcome["pair_records"]}
+    assert set(announced) == {pair.pair_id for pair in pairs}
+    for pair in pairs:
+        assert announced[pair.pair_id].status.value == pair.status
+        assert announced[pair.pair_id].ref_id == pair.ref_id
