@@ -24,7 +24,8 @@ def test_filter_requires_the_faces_glasses_value_only_when_known() -> None:
         "glasses": "yes"
     }
     unknown = compatibility_filter("pc", {"gender": "female"})
-    assert unknown.style == "pc" and dict(unknown.labels) == {}
+    assert unknown.style == "pc"
+    assert dict(unknown.labels) == {}
 
 
 def test_agreement_counts_only_labels_both_sides_have() -> None:
@@ -42,7 +43,8 @@ def test_random_init_similarity_does_not_move_the_score() -> None:
     seeing = score_candidates(hits, face, similarity_informative=True)
 
     assert [c.ref_id for c in blind] == ["b", "a"]
-    assert blind[0].score == 1.0 and blind[1].score == 0.0
+    assert blind[0].score == 1.0
+    assert blind[1].score == 0.0
     # With a trained embedder the close-but-wrong-gender reference gains on the other.
     assert seeing[1].score > blind[1].score
     assert all(0.0 <= c.score <= 1.0 for c in seeing)
@@ -65,9 +67,11 @@ def test_decision_threshold(best: float, status: PairStatus) -> None:
     ]
     decision = decide(candidates, auto_approve=0.8)
     assert decision.status is status
-    assert decision.ref_id == "x" and decision.score == best
+    assert decision.ref_id == "x"
+    assert decision.score == best
 
 
 def test_no_candidate_is_unmatched() -> None:
     decision = decide([], auto_approve=0.8)
-    assert decision.status is PairStatus.UNMATCHED and decision.ref_id is None
+    assert decision.status is PairStatus.UNMATCHED
+    assert decision.ref_id is None
