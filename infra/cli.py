@@ -218,15 +218,22 @@ def uploads(ctx: click.Context, state: str | None, limit: int | None, as_json: b
 @click.option("--json", "as_json", is_flag=True, help="a JSON object on stdout")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Counts per state and reason, and how far the worker is behind the upload topic."""
+    """Counts per state and reason, pairs per status, the reference library version, and
+    how far the worker is behind the upload topic."""
+    from agents.db import create_engine_for
+    from agents.pairing.store import PairStore
     from infra.errors import BrokerError
     from infra.kafka import consumer_lag
 
     settings = _settings(ctx)
     repo = _repository(settings)
+    pair_store = PairStore(create_engine_for(settings.sql_url))
+    library = pair_store.library()
     report: dict[str, Any] = {
         "states": repo.counts(),
         "reasons": repo.reason_counts(),
+        "pairs": pair_store.status_counts(),
+        "library": {"version": library.version, "styles": list(library.styles)},
         "broker": settings.bootstrap_servers,
     }
     try:
@@ -246,6 +253,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
     )
     for reason, n in sorted(report["reasons"].items(), key=lambda kv: -kv[1]):
         click.echo(f"  rejected {reason}: {n}")
+    pair_counts = report["pairs"]
+    click.echo(
+        "pairs: " + ", ".join(f"{k} {v}" for k, v in sorted(pair_counts.items()))
+        if pair_counts
+        else "pairs: none yet"
+    )
+    click.echo(
+        f"reference library: version {library.version}, styles {', '.join(library.styles)}"
+        if library.version is not None
+        else "reference library: empty (s2a refs add)"
+    )
     if report["lag"] is not None:
         lag_ = report["lag"]
         click.echo(
