@@ -253,7 +253,6 @@ def normalise_license(text: str) -> tuple[str, str | None]:
     full = " ".join(text.split())
     head = full.split("(", 1)[0].strip().rstrip(";,:")
     key = re.sub(r"[\s_]+", "-", head.upper())
-    key = key.replace("-V", "-") if key.startswith("CC-") else key
     if key in _LICENSE_ALIASES:
         spdx = _LICENSE_ALIASES[key]
     elif match := _CC_PATTERN.match(key):
@@ -528,8 +527,11 @@ class RefLibrary:
     ) -> _Candidate:
         """Every refusal check of one file, cheapest first; the candidate if all pass."""
         license_id, license_text = self._check_license(attribution)
-        source = attribution.source or f"file:{Path(name).name}"
-        author = attribution.author or ""
+        source = _with_license_text(
+            _limit(attribution.source or f"file:{Path(name).name}", "source", name),
+            license_text,
+        )
+        author = _limit(attribution.author or "", "author", name)
         limits = self.settings.limits
         data = (
             item.data
@@ -563,8 +565,8 @@ class RefLibrary:
             name=name,
             ref_id=ref_id_for(style, original),
             license=license_id,
-            source=_with_license_text(source, license_text, name),
-            author=_limit(author, "author", name),
+            source=source,
+            author=author,
             width=int(width),
             height=int(height),
             region_name=region_name,
@@ -956,12 +958,11 @@ def _check_tags(tags: Sequence[str]) -> list[str]:
     return clean
 
 
-def _with_license_text(source: str, license_text: str | None, name: str) -> str:
+def _with_license_text(source: str, license_text: str | None) -> str:
     """The source, with the license's full wording appended when it says more than its id.
 
     AnimeRef has no column for it, and it is attribution that must stay with the image.
     """
-    source = _limit(source, "source", name)
     if license_text is None:
         return source
     return _truncate(f"{source} [license: {license_text}]", _MAX_TEXT)
