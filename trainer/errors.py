@@ -1,7 +1,7 @@
 """Errors of the training side.
 
-    TrainerError
-     └── DatasetError        a snapshot or export cannot be built or read; says why
+TrainerError
+ └── DatasetError        a snapshot or export cannot be built or read; says why
 """
 
 from __future__ import annotations
