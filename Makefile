@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test check bench clean-venv
+.PHONY: install demo up test check bench bench-matching clean-venv
 
 # torch and torchvision come from this machine's disk at these versions. facenet-pytorch
 # pins torch<2.3 and numpy<2; its code runs fine on the versions above, so it is installed
@@ -40,6 +40,9 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+
+bench-matching: $(STAMP)
+	$(PY) bench/matching.py
 
 clean-venv:
 	rm -rf $(VENV)
