@@ -148,10 +148,13 @@ class RefFilter:
 
         RefFilter(style="ghibli", labels={"glasses": "yes", "age_band": ["18-29", "30-44"]},
                   exclude=[already_paired_ref_id])
+        RefFilter(style="ghibli", labels_not={"glasses": "yes"})  # no label counts as "not"
     """
 
     style: str | None = None
     labels: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
+    labels_not: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
+    """payload ``labels.<name>`` must not be any of the values (an absent label passes)"""
     exclude: Sequence[str] = ()
 
 
@@ -270,6 +273,7 @@ class _Conditions:
     """A RefFilter as plain conditions, shared by both engines' filter builders."""
 
     must: tuple[tuple[str, tuple[str, ...]], ...]  # (payload key, any of these values)
+    must_not: tuple[tuple[str, tuple[str, ...]], ...]  # (payload key, none of these values)
     exclude: tuple[str, ...]
     impossible: bool  # an empty any-of list: nothing can match
 
@@ -282,40 +286,53 @@ def _conditions(where: RefFilter | None) -> _Conditions | None:
         if not isinstance(where.style, str) or not where.style:
             raise RefInputError(f"RefFilter.style must be a non-empty str, got {where.style!r}")
         must.append((STYLE_FIELD, (where.style,)))
-    for name, value in where.labels.items():
-        if not isinstance(name, str) or not _SLUG.match(name):
-            raise RefInputError(
-                f"RefFilter.labels key {name!r} is not a label name (lowercase, a-z0-9_)"
-            )
-        values = (value,) if isinstance(value, str) else tuple(value)
-        if not all(isinstance(v, str) for v in values):
-            raise RefInputError(f"RefFilter.labels[{name!r}] must be str values, got {value!r}")
-        must.append((f"labels.{name}", values))
+    must += _label_conditions(where.labels, "labels")
+    must_not = [c for c in _label_conditions(where.labels_not, "labels_not") if c[1]]
     if isinstance(where.exclude, str):
         raise RefInputError("RefFilter.exclude must be a sequence of ref ids, not one str")
     for ref_id in where.exclude:
         _check_ref_id(ref_id, "RefFilter.exclude item")
     return _Conditions(
         must=tuple(must),
+        must_not=tuple(must_not),
         exclude=tuple(where.exclude),
         impossible=any(not values for _, values in must),
     )
+
+
+def _label_conditions(
+    labels: Mapping[str, str | Sequence[str]], what: str
+) -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    for name, value in labels.items():
+        if not isinstance(name, str) or not _SLUG.match(name):
+            raise RefInputError(
+                f"RefFilter.{what} key {name!r} is not a label name (lowercase, a-z0-9_)"
+            )
+        values = (value,) if isinstance(value, str) else tuple(value)
+        if not all(isinstance(v, str) for v in values):
+            raise RefInputError(f"RefFilter.{what}[{name!r}] must be str values, got {value!r}")
+        out.append((f"labels.{name}", values))
+    return out
 
 
 # -- qdrant-edge ----------------------------------------------------------------------------
 
 
 def _edge_filter(conditions: _Conditions | None) -> qe.Filter | None:
-    if conditions is None or (not conditions.must and not conditions.exclude):
+    if conditions is None or not (conditions.must or conditions.must_not or conditions.exclude):
         return None
-    must: list[Any] = [
-        qe.FieldCondition(
+
+    def match(key: str, values: tuple[str, ...]) -> Any:
+        return qe.FieldCondition(
             key,
             match=qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(list(values)),
         )
-        for key, values in conditions.must
-    ]
-    must_not: list[Any] = [qe.HasIdCondition(set(conditions.exclude))] if conditions.exclude else []
+
+    must = [match(key, values) for key, values in conditions.must]
+    must_not = [match(key, values) for key, values in conditions.must_not]
+    if conditions.exclude:
+        must_not.append(qe.HasIdCondition(set(conditions.exclude)))
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
@@ -497,20 +514,21 @@ class EdgeRefIndex:
 
 
 def _client_filter(conditions: _Conditions | None) -> models.Filter | None:
-    if conditions is None or (not conditions.must and not conditions.exclude):
+    if conditions is None or not (conditions.must or conditions.must_not or conditions.exclude):
         return None
-    must: list[models.Condition] = [
-        models.FieldCondition(
+
+    def match(key: str, values: tuple[str, ...]) -> models.Condition:
+        return models.FieldCondition(
             key=key,
             match=models.MatchValue(value=values[0])
             if len(values) == 1
             else models.MatchAny(any=list(values)),
         )
-        for key, values in conditions.must
-    ]
-    must_not: list[models.Condition] = (
-        [models.HasIdCondition(has_id=list(conditions.exclude))] if conditions.exclude else []
-    )
+
+    must = [match(key, values) for key, values in conditions.must]
+    must_not = [match(key, values) for key, values in conditions.must_not]
+    if conditions.exclude:
+        must_not.append(models.HasIdCondition(has_id=list(conditions.exclude)))
     return models.Filter(must=must or None, must_not=must_not or None)
 
 

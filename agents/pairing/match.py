@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agents.refindex import RefFilter, RefHit
-from schemas.labels import LabelName
+from schemas.labels import VALUES, LabelName
 from schemas.pairs import Candidate, PairStatus
 
 #: Labels compared between a face and a reference for the agreement part of the score.
@@ -44,9 +44,21 @@ def compatibility_filter(
     style: str, face_labels: Mapping[str, str], exclude: Sequence[str] = ()
 ) -> RefFilter:
     """The search filter for one face and style: the style, and every required label the
-    face has a value for."""
-    required = {name: face_labels[name] for name in REQUIRED if name in face_labels}
-    return RefFilter(style=style, labels=required, exclude=tuple(exclude))
+    face has a value for.
+
+    A face *with* the attribute (``glasses=yes``) needs references known to have it. A face
+    without it only shuts out references drawn with it: most references carry no glasses
+    label at all, and an unlabelled drawing is taken to show none.
+    """
+    present: dict[str, str] = {}
+    absent: dict[str, list[str]] = {}
+    for name in REQUIRED:
+        value = face_labels.get(name)
+        if value == "yes":
+            present[name] = value
+        elif value is not None:
+            absent[name] = [other for other in VALUES[LabelName(name)] if other != value]
+    return RefFilter(style=style, labels=present, labels_not=absent, exclude=tuple(exclude))
 
 
 def label_agreement(face_labels: Mapping[str, str], ref_labels: Mapping[str, str]) -> float:

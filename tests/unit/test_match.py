@@ -20,10 +20,14 @@ def hit(ref_id: str, cosine: float, **labels: str) -> RefHit:
 
 
 def test_filter_requires_the_faces_glasses_value_only_when_known() -> None:
-    assert compatibility_filter("pc", {"glasses": "yes", "gender": "female"}).labels == {
-        "glasses": "yes"
-    }
+    wearing = compatibility_filter("pc", {"glasses": "yes", "gender": "female"})
+    assert wearing.labels == {"glasses": "yes"}
+    assert dict(wearing.labels_not) == {}
+    bare = compatibility_filter("pc", {"glasses": "no"})
+    assert dict(bare.labels) == {}
+    assert bare.labels_not == {"glasses": ["yes"]}
     unknown = compatibility_filter("pc", {"gender": "female"})
+    assert dict(unknown.labels_not) == {}
     assert unknown.style == "pc"
     assert dict(unknown.labels) == {}
 

@@ -172,6 +172,23 @@ def test_filters_return_only_matching_points_and_k_of_them(settings: Settings) -
         index.close()
 
 
+def test_labels_not_shuts_out_those_values_and_lets_unlabelled_references_pass(
+    settings: Settings,
+) -> None:
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 7)
+    wearing = [point(i, vectors[i], labels={"glasses": "yes"}) for i in range(3)]
+    bare = [point(3 + i, vectors[3 + i], labels={"glasses": "no"}) for i in range(2)]
+    unlabelled = [point(5 + i, vectors[5 + i], labels={}) for i in range(2)]
+    publish_version(settings, 1, None, wearing + bare + unlabelled)
+    index = opened(settings, 1)
+    try:
+        hits = index.search(vectors[0], 10, RefFilter(labels_not={"glasses": ["yes"]}))
+    finally:
+        index.close()
+    assert sorted(h.ref_id for h in hits) == sorted(p.ref_id for p in bare + unlabelled)
+
+
 def test_search_many_answers_each_query_as_search_does(settings: Settings) -> None:
     points = library()
     publish_version(settings, 1, None, points)
