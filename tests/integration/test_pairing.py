@@ -126,6 +126,12 @@ def test_every_face_gets_a_pair_per_style_that_obeys_the_filters(world: World) -
         for style in ("renpy", "pc"):
             pair = world.pair(photo, style)
             assert pair.library_version == version
+            if style == "renpy" and glasses is True:
+                # No renpy reference is drawn with glasses: the face waits, unmatched, for
+                # the library to grow rather than being paired with a glasses-free drawing.
+                assert pair.status == PairStatus.UNMATCHED
+                assert pair.candidates == []
+                continue
             assert pair.candidates, f"{photo} has no {style} candidates"
             refs = {ref.ref_id: ref for ref in world.library.list(style=style)}
             # Every candidate is an active reference of the pair's style...
