@@ -66,16 +66,17 @@ LABEL_FIELDS: tuple[str, ...] = tuple(f"labels.{name.value}" for name in LabelNa
 
 # Edge tuning, measured with `bench/matching.py --sweep` (BENCHMARKS.md, "Matching: anime
 # reference search"; 100k x 512 references, 2 shared cores):
-# - HNSW (m 16, ef_construct 100, the engine's defaults) took 1.5-4 minutes to build and
-#   found 8-28% of the true top 10 on uniform vectors (58-85% filtered) at hnsw_ef 64-256.
-# - Scanning int8 copies and rescoring the best 4x in float32 was 3x faster unfiltered with
+# - HNSW (m 16, ef_construct 100, the engine's defaults) took 1.5-3.5 minutes to build and
+#   found 8-28% of the true top 10 on uniform vectors (58-84% filtered) at hnsw_ef 64-256.
+# - Scanning int8 copies and rescoring the best 4x in float32 was 2-3x faster unfiltered,
 #   recall 1.0 on clustered and uniform vectors, but ~0.01 on "collapsed" ones: the
 #   seeded random-init embedder (the offline default) puts every pair above 0.9997 cosine,
 #   below int8 resolution, so the scan cannot tell candidates apart.
-# - A float32 scan is exact on every kind and builds in seconds. A filter (one style plus
-#   labels: a few thousand of 100k) is answered from the keyword indexes by scoring only
-#   the matching points: p50 ~2-3 ms, p99 under 10 ms, recall 1.0, and k hits whenever k
-#   references match. Unfiltered it reads every vector (~10-20 ms at 100k).
+# - A float32 scan is exact on every kind (0.985 on collapsed vectors, whose neighbours
+#   differ by float32 rounding) and builds in seconds. A filter (one style plus labels: a
+#   few thousand of 100k) is answered from the keyword indexes by scoring only the
+#   matching points: p50 ~3 ms, p99 4-5 ms (8-13 ms in full runs beside other jobs),
+#   and k hits whenever k references match. Unfiltered it reads every vector (~20 ms).
 #: HNSW edges per node; 0 builds no graph: every search scans.
 EDGE_HNSW_M = 0
 #: Graph candidates while building; unused while EDGE_HNSW_M is 0 (the engine wants one).
@@ -87,7 +88,7 @@ EDGE_QUANTIZED = False
 #: Quantized candidates rescored in float32 per hit wanted, when quantized.
 EDGE_OVERSAMPLING = 4.0
 #: Mark the style index as the tenant key: optimised segments store each style's points
-#: together, which cut the filtered latency (p50 4.0 -> 2.0 ms at 100k in one A/B run).
+#: together, which cut the filtered p50 at 100k from ~5 ms to ~3 ms (same sweep).
 EDGE_STYLE_TENANT = True
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
