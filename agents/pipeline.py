@@ -137,8 +137,15 @@ class IngestPipeline:
         )
 
     @classmethod
-    def build(cls, settings: Settings) -> IngestPipeline:
-        """Load the models and open every store the settings name."""
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        detector: FaceDetector | None = None,
+        embedder: FaceEmbedder | None = None,
+    ) -> IngestPipeline:
+        """Load the models (unless given, already loaded) and open every store the
+        settings name."""
         # Imported here so that importing this module stays cheap for the CLI.
         import torch
 
@@ -168,8 +175,9 @@ class IngestPipeline:
         )
         return cls(
             settings=settings,
-            detector=build_detector(models),
-            embedder=FaceEmbedder(
+            detector=detector or build_detector(models),
+            embedder=embedder
+            or FaceEmbedder(
                 models.embedder_weights, models.embedder_seed, settings.worker.embed_batch_size
             ),
             store=store,

@@ -25,6 +25,8 @@ from agents.pairing.store import PairStore, pair_id_for
 from agents.pipeline import Incoming, IngestPipeline
 from agents.references.library import RefLibrary, read_sources
 from agents.review.store import ReviewStore
+from agents.stages.detect import MtcnnDetector
+from agents.stages.embed import FaceEmbedder
 from schemas.pairs import FaceAccepted, PairStatus
 from schemas.settings import Settings
 from schemas.tables import Face, Label, Pair
@@ -81,9 +83,12 @@ def _event(name: str, subject: str, age: int, gender: str, glasses: bool | None)
 
 
 @pytest.fixture
-def world(sql_url: str, tmp_path: Path) -> Iterator[World]:
+def world(
+    sql_url: str, tmp_path: Path, detector: MtcnnDetector, embedder: FaceEmbedder
+) -> Iterator[World]:
     settings = Settings(home=tmp_path / "home", database_url=sql_url)
-    pipeline = IngestPipeline.build(settings)
+    # The session's models: loading them again for every test would only cost time.
+    pipeline = IngestPipeline.build(settings, detector=detector, embedder=embedder)
     events = {
         name: _event(name, f"subject-{i}", *attributes)
         for i, (name, attributes) in enumerate(FACES.items())
@@ -98,7 +103,7 @@ def world(sql_url: str, tmp_path: Path) -> Iterator[World]:
             subject=outcome.face.subject,
             accepted_at=outcome.face.created_at,
         )
-    library = RefLibrary(settings)
+    library = RefLibrary(settings, embedder=embedder)
     sources = read_sources(DATA / "SOURCES.csv")
     young = {"gender": "female", "age_band": "18-29"}
     library.add(RENPY, style="renpy", labels=young, sources=sources)
