@@ -16,11 +16,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from agents.errors import StorageError
 from schemas.migrate import resolve_url
 
 #: How long a SQLite statement waits for another process's write lock before it fails.
@@ -74,3 +79,22 @@ def for_writing(engine: Engine) -> Engine:
     instead of one failing. PostgreSQL ignores the option.
     """
     return engine.execution_options(**{_WRITE_OPTION: True})
+
+
+@contextmanager
+def sql_errors(operation: str, error: Callable[[str], Exception] = StorageError) -> Iterator[None]:
+    """Turn a database failure into ``error`` (a :class:`StorageError` unless another
+    package's tree wants its own) that says what was being done, on one line.
+
+    Example::
+
+        with sql_errors("record_accepted of upload 'u-1'"), engine.begin() as connection:
+            ...
+    """
+    try:
+        yield
+    except (DBAPIError, PoolTimeoutError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        text = str(cause).strip()
+        first_line = text.splitlines()[0] if text else ""
+        raise error(f"{operation} failed: {type(cause).__name__}: {first_line}") from exc

@@ -367,7 +367,34 @@ def _edge_search_params(tuning: EdgeTuning) -> qe.SearchParams:
     return qe.SearchParams(hnsw_ef=tuning.search_ef, quantization=quantization)
 
 
-class EdgeRefIndex:
+class _Searching:
+    """The argument checks both engines share; each engine answers :meth:`_search`."""
+
+    def search(
+        self, vector: npt.ArrayLike, limit: int, where: RefFilter | None = None
+    ) -> list[RefHit]:
+        return self.search_many([vector], limit, where)[0]
+
+    def search_many(
+        self,
+        vectors: Sequence[npt.ArrayLike] | npt.NDArray[np.float32],
+        limit: int,
+        where: RefFilter | None = None,
+    ) -> list[list[RefHit]]:
+        _check_limit(limit)
+        queries = [_query_vector(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
+        conditions = _conditions(where)
+        if not queries or (conditions is not None and conditions.impossible):
+            return [[] for _ in queries]
+        return self._search(queries, limit, conditions)
+
+    def _search(
+        self, queries: list[list[float]], limit: int, conditions: _Conditions | None
+    ) -> list[list[RefHit]]:
+        raise NotImplementedError
+
+
+class EdgeRefIndex(_Searching):
     """A library version in a qdrant-edge shard (the embedded default).
 
     Example::
@@ -422,22 +449,9 @@ class EdgeRefIndex:
             raise StorageError(f"edge reference index (version {self.version}) is closed")
         return self._shard
 
-    def search(
-        self, vector: npt.ArrayLike, limit: int, where: RefFilter | None = None
-    ) -> list[RefHit]:
-        return self.search_many([vector], limit, where)[0]
-
-    def search_many(
-        self,
-        vectors: Sequence[npt.ArrayLike] | npt.NDArray[np.float32],
-        limit: int,
-        where: RefFilter | None = None,
+    def _search(
+        self, queries: list[list[float]], limit: int, conditions: _Conditions | None
     ) -> list[list[RefHit]]:
-        _check_limit(limit)
-        queries = [_query_vector(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
-        conditions = _conditions(where)
-        if not queries or (conditions is not None and conditions.impossible):
-            return [[] for _ in queries]
         flt = _edge_filter(conditions)
         requests = [
             qe.QueryRequest(
@@ -533,7 +547,7 @@ def _client_filter(conditions: _Conditions | None) -> models.Filter | None:
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-class QdrantRefIndex:
+class QdrantRefIndex(_Searching):
     """A library version in a qdrant-client collection: a local store folder (one process
     at a time may open it) or the server's ``anime_refs`` collection.
 
@@ -602,22 +616,9 @@ class QdrantRefIndex:
             raise StorageError(f"Qdrant reference index (version {self.version}) is closed")
         return self.client
 
-    def search(
-        self, vector: npt.ArrayLike, limit: int, where: RefFilter | None = None
-    ) -> list[RefHit]:
-        return self.search_many([vector], limit, where)[0]
-
-    def search_many(
-        self,
-        vectors: Sequence[npt.ArrayLike] | npt.NDArray[np.float32],
-        limit: int,
-        where: RefFilter | None = None,
+    def _search(
+        self, queries: list[list[float]], limit: int, conditions: _Conditions | None
     ) -> list[list[RefHit]]:
-        _check_limit(limit)
-        queries = [_query_vector(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
-        conditions = _conditions(where)
-        if not queries or (conditions is not None and conditions.impossible):
-            return [[] for _ in queries]
         flt = _client_filter(conditions)
         with _engine_errors(f"search Qdrant collection {self.collection!r}"):
             if len(queries) == 1:

@@ -13,20 +13,17 @@ the worker then stops without committing its offsets, so nothing is lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, DateTime, Engine, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
-from agents.db import for_writing
-from agents.errors import StorageError
+from agents.db import for_writing, sql_errors
 from agents.records import ValidUpload
 from schemas.errors import ConfigError
 from schemas.reasons import UploadState
@@ -72,7 +69,7 @@ class Repository:
     def finished(self, upload_ids: Iterable[str]) -> set[str]:
         """The given ids that already have a terminal state (and must not be processed)."""
         ids = list(dict.fromkeys(upload_ids))
-        with _storage("finished"), self._engine.connect() as connection:
+        with sql_errors("finished"), self._engine.connect() as connection:
             return _finished_in(connection, ids)
 
     def record_rejected(self, rejection: Rejection, upload: ValidUpload | None = None) -> bool:
@@ -144,7 +141,7 @@ class Repository:
         return self._record("record_accepted", upload.upload_id, write)
 
     def _record(self, operation: str, upload_id: str, write: Callable[[Connection], None]) -> bool:
-        with _storage(f"{operation} of upload {upload_id!r}"):
+        with sql_errors(f"{operation} of upload {upload_id!r}"):
             try:
                 with self._writer.begin() as connection:
                     if _finished_in(connection, [upload_id]):
@@ -177,7 +174,7 @@ class Repository:
             statement = statement.order_by(finished_at, upload_id)
         else:
             statement = statement.order_by(finished_at.desc(), upload_id.desc()).limit(limit)
-        with _storage("list_uploads"), Session(self._engine) as session:
+        with sql_errors("list_uploads"), Session(self._engine) as session:
             rows = list(session.exec(statement).all())
         if limit is not None:
             rows.reverse()
@@ -186,7 +183,7 @@ class Repository:
     def counts(self) -> dict[str, int]:
         """Uploads per terminal state; every state is present, zero included."""
         statement = select(_UPLOADS.c.state, func.count()).group_by(_UPLOADS.c.state)
-        with _storage("counts"), self._engine.connect() as connection:
+        with sql_errors("counts"), self._engine.connect() as connection:
             found = {UploadState(state).value: int(n) for state, n in connection.execute(statement)}
         return {state.value: found.get(state.value, 0) for state in UploadState}
 
@@ -199,12 +196,12 @@ class Repository:
             .group_by(_UPLOADS.c.reason)
             .order_by(n.desc(), _UPLOADS.c.reason)
         )
-        with _storage("reason_counts"), self._engine.connect() as connection:
+        with sql_errors("reason_counts"), self._engine.connect() as connection:
             return {str(reason): int(count) for reason, count in connection.execute(statement)}
 
     def get_face(self, face_id: str) -> Face | None:
         """The face with this id, or ``None``."""
-        with _storage("get_face"), Session(self._engine) as session:
+        with sql_errors("get_face"), Session(self._engine) as session:
             face = session.get(Face, face_id)
         return None if face is None else _as_utc(face)
 
@@ -215,14 +212,14 @@ class Repository:
             .where(col(Face.subject) == pseudonym)
             .order_by(col(Face.created_at), col(Face.face_id))
         )
-        with _storage("faces_of_subject"), Session(self._engine) as session:
+        with sql_errors("faces_of_subject"), Session(self._engine) as session:
             faces = list(session.exec(statement).all())
         return [_as_utc(face) for face in faces]
 
     def face_ids_of_subject(self, pseudonym: str) -> list[str]:
         """The ids of one subject's stored faces (index-only: cheap on every upload)."""
         statement = model_select(Face.face_id).where(col(Face.subject) == pseudonym)
-        with _storage("face_ids_of_subject"), Session(self._engine) as session:
+        with sql_errors("face_ids_of_subject"), Session(self._engine) as session:
             return list(session.exec(statement).all())
 
     def labels_of_face(self, face_id: str) -> list[Label]:
@@ -232,23 +229,12 @@ class Repository:
             .where(col(Label.face_id) == face_id)
             .order_by(col(Label.name), col(Label.source))
         )
-        with _storage("labels_of_face"), Session(self._engine) as session:
+        with sql_errors("labels_of_face"), Session(self._engine) as session:
             labels = list(session.exec(statement).all())
         return [_as_utc(label) for label in labels]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@contextmanager
-def _storage(operation: str) -> Iterator[None]:
-    """Turn a database failure into a StorageError that says what was being done."""
-    try:
-        yield
-    except (DBAPIError, PoolTimeoutError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise StorageError(f"{operation} failed: {type(cause).__name__}: {first_line}") from exc
 
 
 def _finished_in(connection: Connection, upload_ids: list[str]) -> set[str]:

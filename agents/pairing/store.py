@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel
 
-from agents.db import for_writing
-from agents.errors import StorageError
+from agents.db import for_writing, sql_errors
 from schemas.tables import AnimeRef, Face, Label, LibraryVersion, Pair
 
 _PAIRS: Table = SQLModel.metadata.tables[Pair.__tablename__]
@@ -64,14 +60,6 @@ class FaceFacts:
     """(name, value, source, confidence) rows"""
 
 
-@contextmanager
-def _storage(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (DBAPIError, PoolTimeoutError) as exc:
-        raise StorageError(f"SQL {operation} failed: {exc}") from exc
-
-
 class PairStore:
     """Reads and writes of the pairs agent and ``s2a pairs``.
 
@@ -89,7 +77,7 @@ class PairStore:
     # -- reads ----------------------------------------------------------------------------
 
     def library(self) -> Library:
-        with _storage("library"), self._engine.connect() as connection:
+        with sql_errors("library"), self._engine.connect() as connection:
             version = connection.execute(select(func.max(_VERSIONS.c.version))).scalar()
             styles = connection.execute(
                 select(_REFS.c.style).where(_REFS.c.status == "active").distinct()
@@ -101,7 +89,7 @@ class PairStore:
         if not face_ids:
             return {}
         ids = list(dict.fromkeys(face_ids))
-        with _storage("faces"), self._engine.connect() as connection:
+        with sql_errors("faces"), self._engine.connect() as connection:
             rows = connection.execute(
                 select(
                     _FACES.c.face_id,
@@ -133,7 +121,7 @@ class PairStore:
     def pairs_of(self, face_ids: Sequence[str]) -> dict[tuple[str, str], Pair]:
         if not face_ids:
             return {}
-        with _storage("pairs_of"), self._engine.connect() as connection:
+        with sql_errors("pairs_of"), self._engine.connect() as connection:
             rows = connection.execute(
                 select(_PAIRS).where(_PAIRS.c.face_id.in_(list(dict.fromkeys(face_ids))))
             ).mappings()
@@ -150,20 +138,20 @@ class PairStore:
             statement = statement.where(_PAIRS.c.style == style)
         if limit is not None:
             statement = statement.limit(limit)
-        with _storage("list_pairs"), self._engine.connect() as connection:
+        with sql_errors("list_pairs"), self._engine.connect() as connection:
             return [
                 Pair.model_validate(dict(row)) for row in connection.execute(statement).mappings()
             ]
 
     def status_counts(self) -> dict[str, int]:
         statement = select(_PAIRS.c.status, func.count()).group_by(_PAIRS.c.status)
-        with _storage("status_counts"), self._engine.connect() as connection:
+        with sql_errors("status_counts"), self._engine.connect() as connection:
             return {str(status): int(n) for status, n in connection.execute(statement)}
 
     def refs(self, ref_ids: Sequence[str]) -> dict[str, AnimeRef]:
         if not ref_ids:
             return {}
-        with _storage("refs"), self._engine.connect() as connection:
+        with sql_errors("refs"), self._engine.connect() as connection:
             rows = connection.execute(
                 select(_REFS).where(_REFS.c.ref_id.in_(list(dict.fromkeys(ref_ids))))
             ).mappings()
@@ -172,7 +160,7 @@ class PairStore:
     def face_ids_of_uploads(self, upload_ids: Sequence[str]) -> dict[str, str]:
         if not upload_ids:
             return {}
-        with _storage("face_ids_of_uploads"), self._engine.connect() as connection:
+        with sql_errors("face_ids_of_uploads"), self._engine.connect() as connection:
             rows = connection.execute(
                 select(_FACES.c.upload_id, _FACES.c.face_id).where(
                     _FACES.c.upload_id.in_(list(dict.fromkeys(upload_ids)))
@@ -195,7 +183,7 @@ class PairStore:
             .where(~select(_PAIRS.c.pair_id).where(current).exists())
             .order_by(_FACES.c.created_at, _FACES.c.face_id)
         )
-        with _storage("unpaired_faces"), self._engine.connect() as connection:
+        with sql_errors("unpaired_faces"), self._engine.connect() as connection:
             return [(f, u, s) for f, u, s in connection.execute(statement)]
 
     # -- writes ---------------------------------------------------------------------------
@@ -205,7 +193,7 @@ class PairStore:
         transaction. Returns the ids of the pairs written; a pair decided by hand in the
         meantime is left alone and not returned."""
         written: list[str] = []
-        with _storage("save pairs"), self._writer.begin() as connection:
+        with sql_errors("save pairs"), self._writer.begin() as connection:
             faces = sorted({label.face_id for label in model_labels})
             if faces:
                 connection.execute(
@@ -238,7 +226,7 @@ class PairStore:
         """Hand-made pairs (``s2a pairs import``): they replace whatever the matcher put
         there, but not a decision a reviewer made. Returns how many were written."""
         count = 0
-        with _storage("import pairs"), self._writer.begin() as connection:
+        with sql_errors("import pairs"), self._writer.begin() as connection:
             for pair in pairs:
                 row = _row(pair)
                 existing = connection.execute(

@@ -48,12 +48,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 from sqlalchemy import Connection, Engine, Table, case, func, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 from agents.blobs import BlobStore
-from agents.db import create_engine_for, for_writing
+from agents.db import create_engine_for, for_writing, sql_errors
 from agents.errors import Rejected, StorageError
 from agents.records import RGBImage
 from agents.references import style as st
@@ -424,12 +423,12 @@ class RefLibrary:
 
     def current_version(self) -> int | None:
         """The newest library version, or ``None`` before the first ``add``."""
-        with _storage("current_version"), self._engine.connect() as connection:
+        with sql_errors("current_version"), self._engine.connect() as connection:
             return _max_version(connection)
 
     def versions(self) -> list[LibraryVersion]:
         """Every library version, oldest first."""
-        with _storage("versions"), self._engine.connect() as connection:
+        with sql_errors("versions"), self._engine.connect() as connection:
             rows = connection.execute(select(_VERSIONS).order_by(_VERSIONS.c.version)).mappings()
             return [_utc_row(LibraryVersion.model_validate(dict(row))) for row in rows]
 
@@ -437,11 +436,11 @@ class RefLibrary:
         """Active references per style, for every style the library holds (0 included)."""
         active = func.sum(case((_REFS.c.status == ACTIVE, 1), else_=0))
         statement = select(_REFS.c.style, active).group_by(_REFS.c.style).order_by(_REFS.c.style)
-        with _storage("styles"), self._engine.connect() as connection:
+        with sql_errors("styles"), self._engine.connect() as connection:
             return {style: int(n or 0) for style, n in connection.execute(statement)}
 
     def get(self, ref_id: str) -> AnimeRef | None:
-        with _storage("get"), self._engine.connect() as connection:
+        with sql_errors("get"), self._engine.connect() as connection:
             row = connection.execute(select(_REFS).where(_REFS.c.ref_id == ref_id)).mappings()
             found = row.first()
         return None if found is None else _utc_row(AnimeRef.model_validate(dict(found)))
@@ -453,7 +452,7 @@ class RefLibrary:
             .where(_REF_LABELS.c.ref_id == ref_id)
             .order_by(_REF_LABELS.c.name, _REF_LABELS.c.source)
         )
-        with _storage("labels_of"), self._engine.connect() as connection:
+        with sql_errors("labels_of"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
         return [_utc_row(RefLabel.model_validate(dict(row))) for row in rows]
 
@@ -606,7 +605,7 @@ class RefLibrary:
         stored: dict[str, str] = {}
         if ids:
             statement = select(_REFS.c.ref_id, _REFS.c.status).where(_REFS.c.ref_id.in_(ids))
-            with _storage("existing refs"), self._engine.connect() as connection:
+            with sql_errors("existing refs"), self._engine.connect() as connection:
                 stored = {ref_id: status for ref_id, status in connection.execute(statement)}
         fresh: list[_Candidate] = []
         seen: dict[str, str] = {}
@@ -715,7 +714,7 @@ class RefLibrary:
             .where(_REFS.c.style == style, _REFS.c.status == ACTIVE)
             .order_by(_REFS.c.ref_id)
         )
-        with _storage("active refs"), self._engine.connect() as connection:
+        with sql_errors("active refs"), self._engine.connect() as connection:
             return [
                 _ActiveRef(ref_id, dict(stats), original, list(box))
                 for ref_id, stats, original, box in connection.execute(statement)
@@ -800,7 +799,7 @@ class RefLibrary:
             for c in candidates
             for name, value in labels.items()
         ]
-        with _storage(f"commit of library version {version}"):
+        with sql_errors(f"commit of library version {version}"):
             try:
                 with self._writer.begin() as connection:
                     current = _max_version(connection)
@@ -848,7 +847,7 @@ class RefLibrary:
             statement = statement.where(_REFS.c.style == style)
         if status is not None:
             statement = statement.where(_REFS.c.status == status)
-        with _storage("list"), self._engine.connect() as connection:
+        with sql_errors("list"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
         return [_utc_row(AnimeRef.model_validate(dict(row))) for row in rows]
 
@@ -993,14 +992,3 @@ def _utc_row(row: Any) -> Any:
         if isinstance(value, datetime) and value.tzinfo is None:
             setattr(row, column.key, value.replace(tzinfo=UTC))
     return row
-
-
-@contextmanager
-def _storage(operation: str) -> Iterator[None]:
-    """Turn a database failure into a StorageError that says what was being done."""
-    try:
-        yield
-    except (DBAPIError, PoolTimeoutError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise StorageError(f"{operation} failed: {type(cause).__name__}: {first_line}") from exc

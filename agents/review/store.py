@@ -14,8 +14,7 @@ Datetimes come out timezone-aware, in UTC (SQLite hands them back naive).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,11 +23,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Table, exists, func, or_, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel
 
-from agents.db import for_writing
+from agents.db import for_writing, sql_errors
 from agents.errors import StorageError
 from agents.review import Conflict, InvalidDecision, NotFound
 from schemas.labels import LEARNABLE, VALUES, LabelError, LabelName, LabelSource, check, resolve
@@ -261,7 +258,7 @@ class ReviewStore:
             .order_by(_PAIRS.c.created_at, _PAIRS.c.pair_id)
             .limit(limit)
         )
-        with _storage("review queue"), self._engine.connect() as connection:
+        with sql_errors("review queue"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
         return [
             ReviewItemSummary(
@@ -284,12 +281,12 @@ class ReviewStore:
             .select_from(_PAIRS)
             .where(_PAIRS.c.status.in_(_waiting(include_unmatched)))
         )
-        with _storage("review queue size"), self._engine.connect() as connection:
+        with sql_errors("review queue size"), self._engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
 
     def item(self, pair_id: str) -> ReviewItem:
         """The pair with its face crop, resolved labels and candidates with their references."""
-        with _storage(f"review item {pair_id!r}"), self._engine.connect() as connection:
+        with sql_errors(f"review item {pair_id!r}"), self._engine.connect() as connection:
             pair = _pair_row(connection, pair_id)
             face = (
                 connection.execute(select(_FACES).where(_FACES.c.face_id == pair["face_id"]))
@@ -360,7 +357,7 @@ class ReviewStore:
                 or_(_REFS.c.training == digest, _REFS.c.original == digest)
             ),
         ).subquery()
-        with _storage("blob lookup"), self._engine.connect() as connection:
+        with sql_errors("blob lookup"), self._engine.connect() as connection:
             return bool(connection.execute(select(exists(select(owners)))).scalar())
 
     # -- decisions ------------------------------------------------------------------------
@@ -396,7 +393,7 @@ class ReviewStore:
             raise InvalidDecision("pick needs the ref_id of the reference to approve")
         seen = None if seen_updated_at is None else _aware(seen_updated_at)
 
-        with _storage(f"{verb.value} of pair {pair_id!r}"), self._writer.begin() as connection:
+        with sql_errors(f"{verb.value} of pair {pair_id!r}"), self._writer.begin() as connection:
             pair = _pair_row(connection, pair_id, for_update=True)
             if seen is not None and seen != pair["updated_at"]:
                 raise Conflict(_conflict_message(pair))
@@ -451,23 +448,12 @@ class ReviewStore:
             .where(_DECISIONS.c.pair_id == pair_id)
             .order_by(_DECISIONS.c.decided_at, _DECISIONS.c.id)
         )
-        with _storage(f"decisions of pair {pair_id!r}"), self._engine.connect() as connection:
+        with sql_errors(f"decisions of pair {pair_id!r}"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
         return [ReviewDecision(**{**row, "decided_at": _aware(row["decided_at"])}) for row in rows]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@contextmanager
-def _storage(operation: str) -> Iterator[None]:
-    """Turn a database failure into a StorageError that says what was being done."""
-    try:
-        yield
-    except (DBAPIError, PoolTimeoutError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise StorageError(f"{operation} failed: {type(cause).__name__}: {first_line}") from exc
 
 
 def _waiting(include_unmatched: bool) -> list[str]:

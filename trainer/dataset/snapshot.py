@@ -40,20 +40,19 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, Table, func, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
-from agents.db import for_writing
+from agents.db import for_writing, sql_errors
 from schemas.labels import LabelValue, as_values, resolve
 from schemas.pairs import PairStatus
 from schemas.reasons import ReasonCode, UploadState
@@ -498,16 +497,9 @@ def _summary(
 # -- reading the state from SQL -----------------------------------------------------------
 
 
-@contextmanager
-def _storage(operation: str) -> Iterator[None]:
-    """Turn a database failure into a DatasetError that says what was being done."""
-    try:
-        yield
-    except (DBAPIError, PoolTimeoutError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        text = str(cause).strip()
-        first_line = text.splitlines()[0] if text else ""
-        raise DatasetError(f"{operation} failed: {type(cause).__name__}: {first_line}") from exc
+def _storage(operation: str) -> AbstractContextManager[None]:
+    """A database failure as a DatasetError that says what was being done."""
+    return sql_errors(operation, DatasetError)
 
 
 def _resolved(
