@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import logging
 import math
@@ -38,7 +37,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -62,8 +61,19 @@ from agents.references.errors import (
     LicenseRefused,
     RefReason,
     RefRefused,
-    SourcesFileError,
     VersionConflict,
+)
+from agents.references.inputs import (
+    IMAGE_SUFFIXES,
+    NO_CREDIT_NEEDED,
+    Attribution,
+    Box,
+    RefInput,
+    expand_paths,
+    normalise_license,
+    read_bounded,
+    read_sources,
+    sources_for,
 )
 from agents.stages.anonymize import decode_image, encode_png
 from schemas.labels import LabelError, LabelSource, check
@@ -98,14 +108,8 @@ _REF_LABELS: Table = SQLModel.metadata.tables[RefLabel.__tablename__]
 #: Namespace of reference ids: ``uuid5(REF_NAMESPACE, "<style>:<sha256 of original PNG>")``.
 REF_NAMESPACE = uuid.UUID("6f1c2b7e-3d4a-5b8c-9e0f-a1b2c3d4e5f6")
 
-#: File endings taken from a folder; a file named explicitly is tried whatever its name.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-
-#: Licenses that ask for no credit; every other one needs an author.
-NO_CREDIT_NEEDED = frozenset({"CC0-1.0", "public-domain"})
 
 _STYLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SOURCES_COLUMNS = ("file", "license", "author", "source")
 _MAX_TEXT = 512
 #: The embedder's input side (``agents.stages.embed.INPUT_SIZE``, not imported: torch).
 EMBED_SIDE = 160
@@ -123,70 +127,6 @@ class Outcome(StrEnum):
     EXISTS = "exists"
     QUARANTINED = "quarantined"
     REFUSED = "refused"
-
-
-# -- inputs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Attribution:
-    """License and credit of a reference as given (the license not yet normalised)."""
-
-    license: str | None = None
-    source: str | None = None
-    author: str | None = None
-
-    def over(self, base: Attribution) -> Attribution:
-        """These values where set, ``base``'s elsewhere (command line over the CSV)."""
-        return Attribution(
-            license=self.license or base.license,
-            source=self.source or base.source,
-            author=self.author or base.author,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Box:
-    """A face region ``x1, y1, x2, y2`` in the pixels of the (upright) image."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-    @classmethod
-    def parse(cls, text: str) -> Box:
-        """``"x1,y1,x2,y2"`` -> Box, or :class:`InvalidRequest` saying what is wrong."""
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            values = []
-        if len(values) != 4 or not all(math.isfinite(v) for v in values):
-            raise InvalidRequest(
-                f"box {text!r} is not four numbers x1,y1,x2,y2 (pixels), e.g. 40,30,296,286"
-            )
-        x1, y1, x2, y2 = values
-        if x2 <= x1 or y2 <= y1:
-            raise InvalidRequest(f"box {text!r} has x2 <= x1 or y2 <= y1; give x1,y1,x2,y2")
-        return cls(x1, y1, x2, y2)
-
-    def as_list(self) -> list[float]:
-        return [self.x1, self.y1, self.x2, self.y2]
-
-
-@dataclass(frozen=True, slots=True)
-class RefInput:
-    """One reference image given as bytes rather than a path (``name`` is only reported).
-
-    Example::
-
-        RefInput("pepper.png", png_bytes, Attribution("CC-BY-4.0", "peppercarrot.com", "D. Revoy"))
-    """
-
-    name: str
-    data: bytes
-    attribution: Attribution = field(default_factory=Attribution)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,122 +165,6 @@ def ref_id_for(style: str, original_sha256: str) -> str:
 
 
 # -- licenses and the sources CSV ---------------------------------------------------------
-
-_LICENSE_ALIASES = {
-    "MIT": "MIT",
-    "EXPAT": "MIT",
-    "MIT/EXPAT": "MIT",
-    "PUBLIC-DOMAIN": "public-domain",
-    "PUBLICDOMAIN": "public-domain",
-    "PD": "public-domain",
-    "CC0": "CC0-1.0",
-    "CC-0": "CC0-1.0",
-    "CC0-1.0": "CC0-1.0",
-}
-_CC_PATTERN = re.compile(r"^CC-(BY(?:-NC)?(?:-SA|-ND)?)-(\d\.\d)$")
-
-
-def normalise_license(text: str) -> tuple[str, str | None]:
-    """``(SPDX-style id, full text)`` of a license as people write it.
-
-    The id comes from the text before any parenthesis: ``"MIT/Expat (Ren'Py license:
-    ...)"`` -> ``("MIT", "<the whole text>")``, ``"Public domain (...)"`` ->
-    ``"public-domain"``, ``"CC BY 4.0"`` -> ``"CC-BY-4.0"``. The full text comes back only
-    when it says more than the id, to be kept as attribution detail. An unknown license
-    keeps its own spelling (and is then refused unless the policy allows it).
-    """
-    full = " ".join(text.split())
-    head = full.split("(", 1)[0].strip().rstrip(";,:")
-    key = re.sub(r"[\s_]+", "-", head.upper())
-    if key in _LICENSE_ALIASES:
-        spdx = _LICENSE_ALIASES[key]
-    elif match := _CC_PATTERN.match(key):
-        spdx = f"CC-{match.group(1)}-{match.group(2)}"
-    else:
-        spdx = head
-    return spdx, (full if full != spdx else None)
-
-
-def read_sources(path: Path) -> dict[str, Attribution]:
-    """Per-file attribution from a CSV with at least ``file,license,author,source``.
-
-    Keys are the ``file`` values as written and their base names, so a row matches a
-    file however it was named on the command line. Two rows for one name with different
-    values make the name ambiguous: :class:`SourcesFileError`.
-    """
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in _SOURCES_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise SourcesFileError(
-                    f"--sources {path}: missing column(s) {', '.join(missing)}; the CSV needs "
-                    f"a header with at least {', '.join(_SOURCES_COLUMNS)}"
-                )
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SourcesFileError(f"--sources {path}: cannot read it: {exc}") from exc
-    found: dict[str, Attribution] = {}
-    clashes: set[str] = set()
-    for row in rows:
-        name = (row.get("file") or "").strip()
-        if not name:
-            continue
-        value = Attribution(
-            license=(row.get("license") or "").strip() or None,
-            source=(row.get("source") or "").strip() or None,
-            author=(row.get("author") or "").strip() or None,
-        )
-        for key in dict.fromkeys((name, Path(name).name)):
-            if key in found and found[key] != value:
-                clashes.add(key)
-            found[key] = value
-    for key in clashes:
-        # A base name shared by two different rows matches neither; the full path still does.
-        del found[key]
-    return found
-
-
-def _sources_for(name: str, sources: Mapping[str, Attribution]) -> Attribution:
-    return sources.get(name) or sources.get(Path(name).name) or Attribution()
-
-
-# -- paths --------------------------------------------------------------------------------
-
-
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, and the image files under each folder (recursively, sorted)."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(
-                sorted(
-                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                )
-            )
-        else:
-            files.append(path)
-    return list(dict.fromkeys(files))
-
-
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """The file's bytes, refused unread when over ``limit`` (the upload limit)."""
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise ImageRefused(
-                RefReason.TOO_LARGE, f"{size} bytes; limits.max_upload_bytes is {limit}"
-            )
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise ImageRefused(RefReason.DECODE_ERROR, f"cannot read the file: {exc}") from exc
-    if len(data) > limit:
-        raise ImageRefused(RefReason.TOO_LARGE, f"over limits.max_upload_bytes ({limit})")
-    return data
-
-
-# -- the library --------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -488,7 +312,7 @@ class RefLibrary:
         candidates: list[_Candidate] = []
         for i, (name, item) in enumerate(inputs):
             base = item.attribution if isinstance(item, RefInput) else Attribution()
-            attribution = given.over(_sources_for(name, sources or {}).over(base))
+            attribution = given.over(sources_for(name, sources or {}).over(base))
             try:
                 candidates.append(self._prepare(i, name, item, style, attribution, box))
             except RefRefused as refused:
@@ -533,9 +357,7 @@ class RefLibrary:
         author = _limit(attribution.author or "", "author", name)
         limits = self.settings.limits
         data = (
-            item.data
-            if isinstance(item, RefInput)
-            else _read_bounded(item, limits.max_upload_bytes)
+            item.data if isinstance(item, RefInput) else read_bounded(item, limits.max_upload_bytes)
         )
         try:
             pixels = decode_image(data, limits).pixels
