@@ -26,16 +26,25 @@ import numpy as np
 import numpy.typing as npt
 
 from agents.errors import Rejected, StorageError
-from agents.records import AlignedFace, CleanImage, Detection, QualityReport, ValidUpload
-from agents.repository import Repository
+from agents.records import (
+    EMBED_SIZE,
+    AlignedFace,
+    CleanImage,
+    Detection,
+    QualityReport,
+    ValidUpload,
+)
+from agents.sink import FaceStore
 from agents.stages.align import align
-from agents.stages.anonymize import decode_image, read_image, strip_identity
+from agents.stages.anonymize import read_image, strip_identity
 from agents.stages.detect import FaceDetector
 from agents.stages.embed import FaceEmbedder
+from agents.stages.imageio import decode_image
 from agents.stages.label import measured_labels
+from agents.stages.prepare import PreparedFace, prepare_face
 from agents.stages.quality import assess
-from agents.stages.store import EMBED_SIZE, FaceStore, PreparedFace
 from agents.stages.validate import upload_id_of, validate
+from agents.stores.repository import Repository
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection
 from schemas.settings import Settings
@@ -149,10 +158,10 @@ class IngestPipeline:
         # Imported here so that importing this module stays cheap for the CLI.
         import torch
 
-        from agents.blobs import BlobStore
-        from agents.db import create_engine_for
         from agents.stages.detect import build_detector
-        from agents.vectors import FaceIndex
+        from agents.stores.blobs import BlobStore
+        from agents.stores.db import create_engine_for
+        from agents.stores.faces import FaceIndex
         from schemas.migrate import upgrade
 
         if settings.models.torch_threads:
@@ -305,7 +314,7 @@ class IngestPipeline:
     def _prepare(self, items: list[_Item]) -> None:
         """PNG-encode every crop of the batch on all cores (zlib releases the GIL)."""
         live = list(self._live(items))
-        futures = [self._pool.submit(FaceStore.prepare, _require(i.aligned)) for i in live]
+        futures = [self._pool.submit(prepare_face, _require(i.aligned)) for i in live]
         for item, future in zip(live, futures, strict=True):
             self._guard(item, Stage.STORE, partial(_collect_prepared, future))
 

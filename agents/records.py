@@ -17,6 +17,18 @@ from schemas.uploads import DeclaredAttributes, Source
 RGBImage = npt.NDArray[np.uint8]
 """H x W x 3, uint8, RGB."""
 
+# Model geometry, defined once: the embedder's input side, its vector size, and the aligned
+# crop sizes stored for training. InceptionResnetV1 (facenet-pytorch) was trained on 160 px
+# crops and returns 512-d vectors; the training crops are the converters' two resolutions.
+EMBED_SIZE = 160
+"""Side of the aligned crop the embedder reads, pixels."""
+EMBED_DIM = 512
+"""Length of an identity embedding (float32, unit length)."""
+TRAINING_SIZES = (256, 512)
+"""Sides of the aligned crops stored for training, pixels."""
+ALIGN_SIZES = (EMBED_SIZE, *TRAINING_SIZES)
+"""Every crop the ingest pipeline aligns."""
+
 #: Landmark order everywhere: image-left eye, image-right eye, nose tip, image-left mouth
 #: corner, image-right mouth corner (the order MTCNN returns).
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")

@@ -125,8 +125,8 @@ def chain(blobs: list[bytes], home: Path) -> tuple[Callable[[], None], IngestPip
 
 def stream(blobs: list[bytes], home: Path) -> float:
     """Images/s from the first publish to the last terminal state, worker already warm."""
-    from agents.db import create_engine_for
-    from agents.repository import Repository
+    from agents.stores.db import create_engine_for
+    from agents.stores.repository import Repository
     from infra.broker import free_port
     from infra.kafka import UploadPublisher
     from infra.runtime import Stack

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from qdrant_client import QdrantClient  # noqa: E402
 
-from agents.refindex import (  # noqa: E402
+from agents.stores.refindex import (  # noqa: E402
     EDGE_TUNING,
     EdgeRefIndex,
     EdgeTuning,

@@ -176,7 +176,7 @@ def load_references(settings: Settings) -> list[dict[str, Any]]:
 
 def freeze(settings: Settings, engine: Any, report: DemoReport) -> None:
     """Snapshot the approved pairs, export the snapshot and write its report."""
-    from agents.blobs import BlobStore
+    from agents.stores.blobs import BlobStore
     from trainer.dataset.export import export_snapshot
     from trainer.dataset.report import REPORT_NAME, write_report
     from trainer.dataset.snapshot import create_snapshot, read_manifest
@@ -190,9 +190,9 @@ def freeze(settings: Settings, engine: Any, report: DemoReport) -> None:
 
 
 def run_demo(settings: Settings) -> DemoReport:
-    from agents.db import create_engine_for
     from agents.pairing.store import PairStore
-    from agents.repository import Repository
+    from agents.stores.db import create_engine_for
+    from agents.stores.repository import Repository
     from schemas.migrate import upgrade
 
     home = settings.home / "demo"

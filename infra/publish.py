@@ -7,18 +7,15 @@ which a worker reads only under one of its ``uri_roots``. Nothing is copied or w
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agents.stages.imageio import image_files
 from infra.errors import UsageError
 from schemas.settings import Settings
 from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, Source, UploadEvent
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +36,6 @@ class UploadRequest:
             raise UsageError("--source public-dataset needs --license (e.g. CC-BY-4.0)")
         if self.source is Source.SELFIE and not self.subject:
             raise UsageError("selfies need --subject ID (the app's user id)")
-
-
-def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files as given, and image files under folders (sorted, recursive)."""
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            yield path
-        else:
-            raise UsageError(f"{path} is neither a file nor a folder")
 
 
 def subject_for(path: Path, root: Path, request: UploadRequest) -> str:
@@ -99,6 +85,8 @@ def plan(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     """(file, the argument it came from) for every file to publish."""
     out: list[tuple[Path, Path]] = []
     for arg in paths:
+        if not (arg.is_dir() or arg.is_file()):
+            raise UsageError(f"{arg} is neither a file nor a folder")
         root = arg if arg.is_dir() else arg.parent
-        out.extend((file, root) for file in expand_paths([arg]))
+        out.extend((file, root) for file in image_files([arg]))
     return out

@@ -26,59 +26,26 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection, text
 
+from schemas.engine import create_engine_for, resolve_url
 from schemas.errors import ConfigError
 
 SCRIPT_LOCATION = Path(__file__).with_name("migrations")
 """The alembic script directory shipped inside this package."""
 
-SUPPORTED_BACKENDS = ("sqlite", "postgresql")
-
 #: Key of the PostgreSQL advisory lock held while migrating (any fixed 64-bit number
 #: works; this one is ``int.from_bytes(b"s2a-migr")``, so it is easy to spot in pg_locks).
 ADVISORY_LOCK_KEY = 0x7332612D6D696772
 
-#: How long a SQLite upgrade waits for a writer (another migration, a busy worker).
-_SQLITE_BUSY_TIMEOUT_MS = 120_000
-
 # alembic's ``context`` and ``op`` are module-global proxies: two threads of one process
 # migrating at once would overwrite each other's, whatever the database locks say.
 _thread_lock = threading.Lock()
-
-
-def resolve_url(url: str | URL) -> URL:
-    """Parse a database URL, choosing the psycopg 3 driver for a bare ``postgresql://``.
-
-    Raises :class:`~schemas.errors.ConfigError` for a backend other than SQLite or
-    PostgreSQL, or for a string that is not a URL.
-    """
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a non-numeric port
-        raise ConfigError(
-            f"database url {_safe(url)!r} is not a SQLAlchemy URL: {exc}; "
-            "expected e.g. 'sqlite:///path/s2a.db' or 'postgresql://user@host/db'"
-        ) from exc
-    backend = parsed.get_backend_name()
-    if backend not in SUPPORTED_BACKENDS:
-        raise ConfigError(
-            f"database url {_safe(parsed)!r} uses {backend!r}; "
-            f"supported backends are {', '.join(SUPPORTED_BACKENDS)}"
-        )
-    if parsed.drivername == "postgresql":
-        # SQLAlchemy's default PostgreSQL driver is psycopg2, which is not installed.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
 
 
 def head() -> str:
@@ -103,7 +70,7 @@ def downgrade(url: str, revision: str) -> None:
 
 def current(url: str) -> str | None:
     """The revision the database at ``url`` is at; ``None`` when it was never migrated."""
-    engine = _engine(resolve_url(url))
+    engine = create_engine_for(resolve_url(url), migrating=True)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
@@ -138,7 +105,7 @@ def _config(connection: Connection | None) -> Config:
 def _migrating(url: str) -> Iterator[Connection]:
     """A connection holding the migration lock, inside one transaction committed at exit."""
     parsed = resolve_url(url)
-    engine = _engine(parsed)
+    engine = create_engine_for(parsed, migrating=True)
     try:
         with _thread_lock, engine.connect() as connection:
             if parsed.get_backend_name() == "postgresql":
@@ -163,39 +130,3 @@ def _migrating(url: str) -> Iterator[Connection]:
                     yield connection
     finally:
         engine.dispose()
-
-
-def _engine(url: URL) -> Engine:
-    """A single-use engine for migrating; unlike the application's, it leaves SQLite's
-    foreign keys off, as alembic's batch mode needs when it copies tables."""
-    if url.get_backend_name() != "sqlite":
-        return create_engine(url, poolclass=NullPool)
-    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, poolclass=NullPool)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # pysqlite runs DDL outside any transaction unless it is told to stay out of the way;
-        # with isolation_level=None the BEGIN below makes the whole upgrade atomic.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _safe(url: str | URL) -> str:
-    """The URL without its password, for messages."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # not a URL: no recognisable password in it either
-        return "<unparseable url>"

@@ -29,6 +29,15 @@ class UploadState(StrEnum):
     ERASED = "erased"
 
 
+class RefStatus(StrEnum):
+    """Whether an anime reference is in the library's index."""
+
+    ACTIVE = "active"
+    """indexed: pairs may use it"""
+    QUARANTINED = "quarantined"
+    """kept with its reason but out of the index (a style outlier)"""
+
+
 class ReasonCode(StrEnum):
     """Why an upload was rejected. Closed list: a rejection never carries free text alone."""
 

@@ -9,18 +9,62 @@ are content hashes of metadata-free crops in the blob store.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-from schemas.reasons import UploadState
+from schemas.pairs import PairStatus
+from schemas.reasons import RefStatus, UploadState
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that always comes back aware and in UTC.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite stores text and hands datetimes
+    back naive. Written values are converted to UTC (a naive one is taken as UTC already),
+    read values get UTC attached, so no caller fixes up a datetime it read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def _utc_column(nullable: bool = False) -> Any:
-    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable))
+    return Field(sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+def _enum_column(enum: type[StrEnum], length: int = 16, *, index: bool = True) -> Any:
+    # Stored as the lower-case values in plain VARCHAR: readable in raw SQL, and a new
+    # value needs no ALTER TYPE on PostgreSQL.
+    return Field(
+        sa_column=Column(
+            SAEnum(
+                enum,
+                native_enum=False,
+                length=length,
+                values_callable=lambda members: [m.value for m in members],
+            ),
+            nullable=False,
+            index=index,
+        )
+    )
 
 
 def _json_column(nullable: bool = False) -> Any:
@@ -49,20 +93,7 @@ class Upload(SQLModel, table=True):
     subject: str | None = Field(
         default=None, foreign_key="subjects.pseudonym", index=True, max_length=64
     )
-    # Stored as the lower-case values as plain VARCHAR: readable in raw SQL, and a new
-    # state needs no ALTER TYPE on PostgreSQL.
-    state: UploadState = Field(
-        sa_column=Column(
-            SAEnum(
-                UploadState,
-                native_enum=False,
-                length=16,
-                values_callable=lambda states: [s.value for s in states],
-            ),
-            nullable=False,
-            index=True,
-        )
-    )
+    state: UploadState = _enum_column(UploadState)
     reason: str | None = Field(default=None, max_length=32, index=True)
     stage: str | None = Field(default=None, max_length=16)
     detail: str | None = Field(default=None, max_length=1024)
@@ -140,7 +171,7 @@ class AnimeRef(SQLModel, table=True):
 
     ref_id: str = Field(primary_key=True, max_length=36)
     style: str = Field(index=True, max_length=64)
-    status: str = Field(index=True, max_length=16, description="active | quarantined")
+    status: RefStatus = _enum_column(RefStatus)
     reason: str | None = Field(default=None, max_length=32, description="why quarantined")
     detail: str | None = Field(default=None, max_length=1024)
     original: str = Field(max_length=64, description="sha256 of the metadata-free original PNG")
@@ -192,9 +223,7 @@ class Pair(SQLModel, table=True):
     style: str = Field(index=True, max_length=64)
     ref_id: str | None = Field(default=None, foreign_key="anime_refs.ref_id", max_length=36)
     score: float | None = None
-    status: str = Field(
-        index=True, max_length=16, description="approved | pending | rejected | unmatched"
-    )
+    status: PairStatus = _enum_column(PairStatus)
     decided_by: str | None = Field(
         default=None, max_length=128, description="auto | human:<name> | import:<file>"
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from agents.errors import PipelineError
 from agents.pairing.store import PairStore, pair_id_for
 from schemas.pairs import PairStatus
+from schemas.reasons import RefStatus
 from schemas.tables import Pair
 
 IMPORTABLE = (PairStatus.APPROVED, PairStatus.REJECTED)
@@ -62,7 +63,7 @@ def import_pairs(store: PairStore, path: Path, now: datetime | None = None) -> I
             problems.append(f"line {line}: no stored face for {_face_key(row)}")
         elif ref is None:
             problems.append(f"line {line}: no reference {row.get('ref_id')!r}")
-        elif ref.status != "active":
+        elif ref.status != RefStatus.ACTIVE:
             problems.append(f"line {line}: reference {ref.ref_id} is {ref.status} ({ref.reason})")
         elif row.get("style") and row["style"] != ref.style:
             problems.append(
@@ -78,7 +79,7 @@ def import_pairs(store: PairStore, path: Path, now: datetime | None = None) -> I
                 style=ref.style,
                 ref_id=ref.ref_id,
                 score=None,
-                status=status,
+                status=PairStatus(status),
                 decided_by=f"import:{path.name}"[:128],
                 decided_at=stamp,
                 candidates=[],

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agents.refindex import RefFilter, RefHit
+from agents.stores.refindex import RefFilter, RefHit
 from schemas.labels import VALUES, LabelName
 from schemas.pairs import Candidate, PairStatus
 

@@ -28,12 +28,11 @@ from agents.pairing.store import (
     FaceFacts,
     Library,
     PairStore,
-    aware,
     machine_decided,
     pair_id_for,
 )
-from agents.refindex import RefIndex, open_ref_index
-from agents.vectors import FACE_VECTOR, FaceIndex
+from agents.stores.faces import FACE_VECTOR, FaceIndex
+from agents.stores.refindex import RefIndex, open_ref_index
 from schemas.labels import as_values, resolve
 from schemas.pairs import Candidate, FaceAccepted, PairRecord, PairStatus
 from schemas.settings import Settings
@@ -171,12 +170,12 @@ class Pairer:
             style=style,
             ref_id=decision.ref_id,
             score=decision.score,
-            status=decision.status.value,
+            status=decision.status,
             decided_by=AUTO if approved else None,
             decided_at=now if approved else None,
             candidates=[candidate.model_dump() for candidate in candidates],
             library_version=library.version,
-            created_at=aware(held.created_at) if held is not None else now,
+            created_at=held.created_at if held is not None else now,
             updated_at=now,
         )
 
@@ -236,5 +235,5 @@ def record_of(pair: Pair) -> PairRecord:
         decided_by=pair.decided_by,
         candidates=[Candidate.model_validate(c) for c in pair.candidates],
         library_version=pair.library_version,
-        at=aware(pair.updated_at),
+        at=pair.updated_at,
     )

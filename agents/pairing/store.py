@@ -13,13 +13,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
 from sqlmodel import SQLModel
 
-from agents.db import for_writing, sql_errors
+from agents.stores.db import for_writing, sql_errors
+from schemas.reasons import RefStatus
 from schemas.tables import AnimeRef, Face, Label, LibraryVersion, Pair
 
 _PAIRS: Table = SQLModel.metadata.tables[Pair.__tablename__]
@@ -80,7 +80,7 @@ class PairStore:
         with sql_errors("library"), self._engine.connect() as connection:
             version = connection.execute(select(func.max(_VERSIONS.c.version))).scalar()
             styles = connection.execute(
-                select(_REFS.c.style).where(_REFS.c.status == "active").distinct()
+                select(_REFS.c.style).where(_REFS.c.status == RefStatus.ACTIVE).distinct()
             ).scalars()
             return Library(None if version is None else int(version), tuple(sorted(styles)))
 
@@ -257,10 +257,3 @@ def _row(model: SQLModel, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     for key in drop:
         values.pop(key, None)
     return values
-
-
-def aware(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive (they are stored as UTC)."""
-    from datetime import UTC
-
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

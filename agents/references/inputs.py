@@ -5,7 +5,6 @@ Example::
 
     sources = read_sources(Path("refs/SOURCES.csv"))
     license, full_text = normalise_license("MIT/Expat (Ren'Py license: ...)")   # 'MIT', ...
-    paths = expand_paths([Path("refs/")])
 """
 
 from __future__ import annotations
@@ -13,14 +12,13 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.references.errors import ImageRefused, InvalidRequest, RefReason, SourcesFileError
+from agents.references.errors import InvalidRequest, SourcesFileError
 
 #: File endings taken from a folder; a file named explicitly is tried whatever its name.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 #: Licenses that ask for no credit; every other one needs an author.
 NO_CREDIT_NEEDED = frozenset({"CC0-1.0", "public-domain"})
 _SOURCES_COLUMNS = ("file", "license", "author", "source")
@@ -164,41 +162,6 @@ def read_sources(path: Path) -> dict[str, Attribution]:
 
 def sources_for(name: str, sources: Mapping[str, Attribution]) -> Attribution:
     return sources.get(name) or sources.get(Path(name).name) or Attribution()
-
-
-# -- paths --------------------------------------------------------------------------------
-
-
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, and the image files under each folder (recursively, sorted)."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(
-                sorted(
-                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                )
-            )
-        else:
-            files.append(path)
-    return list(dict.fromkeys(files))
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The file's bytes, refused unread when over ``limit`` (the upload limit)."""
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise ImageRefused(
-                RefReason.TOO_LARGE, f"{size} bytes; limits.max_upload_bytes is {limit}"
-            )
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise ImageRefused(RefReason.DECODE_ERROR, f"cannot read the file: {exc}") from exc
-    if len(data) > limit:
-        raise ImageRefused(RefReason.TOO_LARGE, f"over limits.max_upload_bytes ({limit})")
-    return data
 
 
 # -- the library --------------------------------------------------------------------------

@@ -50,10 +50,8 @@ from sqlalchemy import Connection, Engine, Table, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
-from agents.blobs import BlobStore
-from agents.db import create_engine_for, for_writing, sql_errors
 from agents.errors import Rejected, StorageError
-from agents.records import RGBImage
+from agents.records import EMBED_SIZE, RGBImage
 from agents.references import style as st
 from agents.references.errors import (
     ImageRefused,
@@ -64,20 +62,19 @@ from agents.references.errors import (
     VersionConflict,
 )
 from agents.references.inputs import (
-    IMAGE_SUFFIXES,
     NO_CREDIT_NEEDED,
     Attribution,
     Box,
     RefInput,
-    expand_paths,
     normalise_license,
-    read_bounded,
     read_sources,
     sources_for,
 )
-from agents.stages.anonymize import decode_image, encode_png
+from agents.stages.imageio import decode_image, encode_png, image_files, read_bounded
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for, for_writing, sql_errors
 from schemas.labels import LabelError, LabelSource, check
-from schemas.reasons import ReasonCode
+from schemas.reasons import ReasonCode, RefStatus
 from schemas.settings import Settings
 from schemas.tables import AnimeRef, LibraryVersion, RefLabel
 
@@ -87,7 +84,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "REF_NAMESPACE",
     "Attribution",
     "Box",
@@ -95,7 +91,6 @@ __all__ = [
     "RefInput",
     "RefLibrary",
     "RefOutcome",
-    "expand_paths",
     "normalise_license",
     "read_sources",
     "ref_id_for",
@@ -111,13 +106,8 @@ REF_NAMESPACE = uuid.UUID("6f1c2b7e-3d4a-5b8c-9e0f-a1b2c3d4e5f6")
 
 _STYLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_TEXT = 512
-#: The embedder's input side (``agents.stages.embed.INPUT_SIZE``, not imported: torch).
-EMBED_SIDE = 160
 _MAX_DETAIL = 1024
 _MAX_TAG = 64
-
-ACTIVE = "active"
-QUARANTINED = "quarantined"
 
 
 class Outcome(StrEnum):
@@ -254,11 +244,11 @@ class RefLibrary:
         """Every library version, oldest first."""
         with sql_errors("versions"), self._engine.connect() as connection:
             rows = connection.execute(select(_VERSIONS).order_by(_VERSIONS.c.version)).mappings()
-            return [_utc_row(LibraryVersion.model_validate(dict(row))) for row in rows]
+            return [LibraryVersion.model_validate(dict(row)) for row in rows]
 
     def styles(self) -> dict[str, int]:
         """Active references per style, for every style the library holds (0 included)."""
-        active = func.sum(case((_REFS.c.status == ACTIVE, 1), else_=0))
+        active = func.sum(case((_REFS.c.status == RefStatus.ACTIVE, 1), else_=0))
         statement = select(_REFS.c.style, active).group_by(_REFS.c.style).order_by(_REFS.c.style)
         with sql_errors("styles"), self._engine.connect() as connection:
             return {style: int(n or 0) for style, n in connection.execute(statement)}
@@ -267,7 +257,7 @@ class RefLibrary:
         with sql_errors("get"), self._engine.connect() as connection:
             row = connection.execute(select(_REFS).where(_REFS.c.ref_id == ref_id)).mappings()
             found = row.first()
-        return None if found is None else _utc_row(AnimeRef.model_validate(dict(found)))
+        return None if found is None else AnimeRef.model_validate(dict(found))
 
     def labels_of(self, ref_id: str) -> list[RefLabel]:
         """The labels of one reference, by name then source."""
@@ -278,7 +268,7 @@ class RefLibrary:
         )
         with sql_errors("labels_of"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
-        return [_utc_row(RefLabel.model_validate(dict(row))) for row in rows]
+        return [RefLabel.model_validate(dict(row)) for row in rows]
 
     # -- add ------------------------------------------------------------------------------
 
@@ -336,7 +326,7 @@ class RefLibrary:
             if isinstance(item, RefInput):
                 expanded.append((item.name, item))
             else:
-                expanded.extend((str(p), p) for p in expand_paths([item]))
+                expanded.extend((str(p), p) for p in image_files([item]))
         return expanded
 
     def _prepare(
@@ -356,10 +346,8 @@ class RefLibrary:
         )
         author = _limit(attribution.author or "", "author", name)
         limits = self.settings.limits
-        data = (
-            item.data if isinstance(item, RefInput) else read_bounded(item, limits.max_upload_bytes)
-        )
         try:
+            data = item.data if isinstance(item, RefInput) else read_bounded(item, limits)
             pixels = decode_image(data, limits).pixels
         except Rejected as rejected:
             reason = (
@@ -463,7 +451,7 @@ class RefLibrary:
         """Judge, match, embed and store the candidates as one new library version."""
         # Imported here: qdrant-client takes over a second to import, and reading the
         # library (``list``, ``styles``) needs SQL only.
-        from agents.refindex import RefPoint, publish_version
+        from agents.stores.refindex import RefPoint, publish_version
 
         refs = self.settings.refs
         with self._lock():
@@ -515,7 +503,7 @@ class RefLibrary:
         Only an ``add`` that crashed between publishing and committing leaves one; its
         content is not this call's, and ``publish_version`` would keep an existing folder.
         """
-        from agents.refindex import MANIFEST, version_dir
+        from agents.stores.refindex import MANIFEST, version_dir
 
         if self.settings.qdrant_url:
             return
@@ -533,7 +521,7 @@ class RefLibrary:
     def _active_refs(self, style: str) -> list[_ActiveRef]:
         statement = (
             select(_REFS.c.ref_id, _REFS.c.stats, _REFS.c.original, _REFS.c.box)
-            .where(_REFS.c.style == style, _REFS.c.status == ACTIVE)
+            .where(_REFS.c.style == style, _REFS.c.status == RefStatus.ACTIVE)
             .order_by(_REFS.c.ref_id)
         )
         with sql_errors("active refs"), self._engine.connect() as connection:
@@ -570,7 +558,7 @@ class RefLibrary:
                 square = st.square_pad(self._region_of(c.original, c.box))
                 c.training = self.blobs.put(encode_png(st.training_image(square, palette)))
                 if not _is_outlier(c):
-                    crops[c.ref_id] = st.resize_square(square, EMBED_SIDE)
+                    crops[c.ref_id] = st.resize_square(square, EMBED_SIZE)
             if crops:
                 embedded = self.embedder.embed(list(crops.values()))
                 vectors.update(zip(crops, embedded, strict=True))
@@ -660,8 +648,9 @@ class RefLibrary:
     # every method after it.
     def list(self, style: str | None = None, status: str | None = None) -> list[AnimeRef]:
         """References in the order they were added, optionally of one style and status."""
-        if status is not None and status not in (ACTIVE, QUARANTINED):
-            raise InvalidRequest(f"status {status!r} is not one of {ACTIVE}, {QUARANTINED}")
+        if status is not None and status not in (RefStatus.ACTIVE, RefStatus.QUARANTINED):
+            known = ", ".join(RefStatus)
+            raise InvalidRequest(f"status {status!r} is not one of {known}")
         statement = select(_REFS).order_by(
             _REFS.c.library_version, _REFS.c.added_at, _REFS.c.ref_id
         )
@@ -671,7 +660,7 @@ class RefLibrary:
             statement = statement.where(_REFS.c.status == status)
         with sql_errors("list"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
-        return [_utc_row(AnimeRef.model_validate(dict(row))) for row in rows]
+        return [AnimeRef.model_validate(dict(row)) for row in rows]
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -705,7 +694,7 @@ def _ref_row(
     return {
         "ref_id": c.ref_id,
         "style": style,
-        "status": QUARANTINED if verdict.is_outlier else ACTIVE,
+        "status": RefStatus.QUARANTINED if verdict.is_outlier else RefStatus.ACTIVE,
         "reason": RefReason.STYLE_OUTLIER.value if verdict.is_outlier else None,
         "detail": None if verdict.detail is None else _truncate(verdict.detail, _MAX_DETAIL),
         "original": c.original,
@@ -805,12 +794,3 @@ def _truncate(text: str, limit: int) -> str:
 def _max_version(connection: Connection) -> int | None:
     value = connection.execute(select(func.max(_VERSIONS.c.version))).scalar()
     return None if value is None else int(value)
-
-
-def _utc_row(row: Any) -> Any:
-    """Give a loaded row aware UTC datetimes (SQLite hands them back naive)."""
-    for column in row.__table__.columns:
-        value = getattr(row, column.key)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            setattr(row, column.key, value.replace(tzinfo=UTC))
-    return row

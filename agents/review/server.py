@@ -39,11 +39,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import Engine
 
-from agents.blobs import BlobStore
-from agents.db import create_engine_for
 from agents.errors import StorageError
 from agents.review import Conflict, InvalidDecision, NotFound, ReviewError
 from agents.review.store import ReviewStore, check_reviewer
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for
 from schemas.settings import Settings
 from schemas.tables import Pair
 

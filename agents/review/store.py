@@ -8,7 +8,7 @@ back the pair's ``updated_at`` it showed, and a pair changed since then is a
 (PostgreSQL) or under SQLite's write lock taken at ``BEGIN``, so the check and the write
 cannot interleave with another decision.
 
-Datetimes come out timezone-aware, in UTC (SQLite hands them back naive).
+Datetimes come out timezone-aware, in UTC (:class:`schemas.tables.UTCDateTime`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from sqlalchemy import Connection, Engine, Table, exists, func, or_, select, uni
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
-from agents.db import for_writing, sql_errors
 from agents.errors import StorageError
 from agents.review import Conflict, InvalidDecision, NotFound
+from agents.stores.db import for_writing, sql_errors
 from schemas.labels import LEARNABLE, VALUES, LabelError, LabelName, LabelSource, check, resolve
 from schemas.pairs import Candidate, PairStatus
+from schemas.reasons import RefStatus
 from schemas.tables import AnimeRef, Face, Label, Pair, RefLabel, ReviewDecision
 
 _PAIRS: Table = SQLModel.metadata.tables[Pair.__tablename__]
@@ -43,7 +44,6 @@ _DECISIONS: Table = SQLModel.metadata.tables[ReviewDecision.__tablename__]
 _MAX_ACTOR = 128 - len("human:")
 
 #: The reference status a pair may be approved with (anything else is quarantined).
-ACTIVE = "active"
 
 
 class Action(StrEnum):
@@ -159,7 +159,9 @@ class CandidateView:
     ref: RefView | None
 
     def approvable(self, style: str) -> bool:
-        return self.ref is not None and self.ref.status == ACTIVE and self.ref.style == style
+        return (
+            self.ref is not None and self.ref.status == RefStatus.ACTIVE and self.ref.style == style
+        )
 
     def to_json(self, style: str) -> dict[str, Any]:
         return {
@@ -268,8 +270,8 @@ class ReviewStore:
                 status=row["status"],
                 score=row["score"],
                 candidates=len(row["candidates"] or ()),
-                created_at=_aware(row["created_at"]),
-                updated_at=_aware(row["updated_at"]),
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
             )
             for row in rows
         ]
@@ -391,7 +393,7 @@ class ReviewStore:
             raise InvalidDecision(f"{verb.value} takes no ref_id (got {ref_id!r}); leave it out")
         if verb is Action.PICK and not ref_id:
             raise InvalidDecision("pick needs the ref_id of the reference to approve")
-        seen = None if seen_updated_at is None else _aware(seen_updated_at)
+        seen = None if seen_updated_at is None else _in_utc(seen_updated_at)
 
         with sql_errors(f"{verb.value} of pair {pair_id!r}"), self._writer.begin() as connection:
             pair = _pair_row(connection, pair_id, for_update=True)
@@ -450,7 +452,7 @@ class ReviewStore:
         )
         with sql_errors(f"decisions of pair {pair_id!r}"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
-        return [ReviewDecision(**{**row, "decided_at": _aware(row["decided_at"])}) for row in rows]
+        return [ReviewDecision(**row) for row in rows]
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -463,7 +465,8 @@ def _waiting(include_unmatched: bool) -> list[str]:
     return statuses
 
 
-def _aware(value: datetime) -> datetime:
+def _in_utc(value: datetime) -> datetime:
+    """A caller's timestamp in UTC (a naive one is taken as UTC, as the page sends it)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -481,11 +484,7 @@ def _pair_row(connection: Connection, pair_id: str, for_update: bool = False) ->
     row = connection.execute(statement).mappings().first()
     if row is None:
         raise NotFound(f"no pair {pair_id!r}; it may have been erased, reload the queue")
-    pair = dict(row)
-    for key in ("created_at", "updated_at", "decided_at"):
-        if pair[key] is not None:
-            pair[key] = _aware(pair[key])
-    return pair
+    return dict(row)
 
 
 def _candidates(pair: Mapping[str, Any]) -> list[Candidate]:
@@ -630,7 +629,7 @@ def _approvable_score(connection: Connection, pair: Mapping[str, Any], ref_id: s
             f"reference {ref_id!r} is of style {style!r}, but pair {pair['pair_id']!r} is "
             f"for style {pair['style']!r}; pick one of the candidates"
         )
-    if status != ACTIVE:
+    if status != RefStatus.ACTIVE:
         # A quarantined reference never reaches a dataset, so approving it would only
         # produce a pair that silently drops out.
         raise InvalidDecision(

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agents.errors import Rejected
-from agents.records import AlignedFace, CleanImage, RGBImage
+from agents.records import ALIGN_SIZES, EMBED_SIZE, AlignedFace, CleanImage, RGBImage
 from schemas.reasons import ReasonCode, Stage
 
 __all__ = [
@@ -43,8 +43,7 @@ __all__ = [
 Matrix = npt.NDArray[np.float64]
 """2 x 3 affine matrix."""
 
-EMBED_SIZE = 160
-"""Crops of this size use the tight template (the embedder's input); others the loose one."""
+# Crops up to EMBED_SIZE use the tight template (the embedder's input); others the loose one.
 
 #: Landmark positions as fractions of the crop side, in ``LANDMARK_NAMES`` order.
 LOOSE_TEMPLATE: npt.NDArray[np.float64] = (
@@ -104,7 +103,7 @@ def _scale_of(matrix: Matrix) -> float:
 
 
 def align(
-    image: CleanImage, landmarks: npt.ArrayLike, sizes: Sequence[int] = (160, 256, 512)
+    image: CleanImage, landmarks: npt.ArrayLike, sizes: Sequence[int] = ALIGN_SIZES
 ) -> AlignedFace:
     """Crops of the face at each of ``sizes``, and each crop's original->crop transform.
 

@@ -6,13 +6,8 @@ Three steps, each a plain function:
   (:func:`pseudonymize`); from here on the raw id exists nowhere.
 * :func:`read_image` fetches the encoded bytes, inline or from a ``file://`` URI under one
   of the configured roots, never reading more than the size limit allows.
-* :func:`decode_image` decodes untrusted bytes defensively (format allow-list, size,
-  pixel, side and frame limits checked from the header *before* pixels are allocated),
-  applies the EXIF orientation and returns bare 8-bit sRGB pixels. Because only the pixel
-  array survives, EXIF (GPS included), XMP, IPTC, comments and ICC profiles are gone by
-  construction rather than by a list of blocks to remember to delete.
-
-:func:`encode_png` writes stored crops as PNG with no ancillary chunks at all.
+* :func:`~agents.stages.imageio.decode_image` (re-exported here) decodes them into bare
+  pixels: every metadata block is gone by construction.
 
 Example::
 
@@ -29,76 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
-import os
-import stat
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
-from PIL import Image, ImageCms, ImageOps
-
 from agents.errors import Rejected
-from agents.records import CleanImage, RGBImage, ValidUpload
+from agents.records import ValidUpload
+from agents.stages.imageio import check_size, read_bounded
 from schemas.reasons import ReasonCode, Stage
 from schemas.settings import LimitSettings
 from schemas.uploads import UploadEvent
-
-ALLOWED_FORMATS: Final[tuple[str, ...]] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-"""Pillow format ids an upload may have; every other decoder stays unreachable."""
-
-# The ids handed to Image.open(formats=...). MPO has no opener of its own (Pillow's JPEG
-# opener returns an MPO image when it finds a multi-picture header), and naming it there
-# raises KeyError.
-_OPENERS: Final[tuple[str, ...]] = tuple(f for f in ALLOWED_FORMATS if f != "MPO")
-
-PNG_COMPRESS_LEVEL: Final = 2
-_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
-_PNG_FILTER_SUB: Final = 1
-"""zlib level for stored crops: most of level 9's size at a fraction of its time."""
-
-# Everything Pillow's decoders are known to raise for malformed input (its own fuzzing
-# suite lists OSError, SyntaxError, ValueError, NotImplementedError; the rest come from
-# plugins that unpack headers with struct or index into tables). One bad upload must end
-# as a rejection, never as a crashed worker.
-_DECODE_FAILURES: Final = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    NotImplementedError,
-    EOFError,
-    struct.error,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    OverflowError,
-    # Pillow reports some damage (truncated TIFF tags, malformed MPO) as UserWarning;
-    # where a warnings filter turns those into errors they are still this image's fault.
-    Warning,
-)
-
-# Leading bytes of formats people commonly upload by mistake: used only to name what was
-# refused in the rejection detail, never to decide anything.
-_SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
-    (b"%PDF", "PDF"),
-    (b"<svg", "SVG"),
-    (b"<?xml", "XML/SVG"),
-    (b"<!doctype html", "HTML"),
-    (b"<html", "HTML"),
-    (b"8BPS", "PSD"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"\xff\x0a", "JPEG XL"),
-    (b"\x00\x00\x00\x0cjxl ", "JPEG XL"),
-    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (b"PK\x03\x04", "ZIP"),
-)
-
-_SRGB: Final = ImageCms.createProfile("sRGB")
 
 
 def pseudonymize(subject_id: str, key: bytes) -> str:
@@ -149,118 +84,13 @@ def read_image(upload: ValidUpload, limits: LimitSettings, uri_roots: Sequence[P
                 f"inline image is {len(upload.image_data)} bytes; limits.max_inline_bytes is "
                 f"{limits.max_inline_bytes}: send larger images by file:// URI",
             )
-        _check_size(len(upload.image_data), limits)
+        check_size(len(upload.image_data), limits)
         return upload.image_data
     if upload.image_uri is None:
         # The contract guarantees one of the two; a hand-built ValidUpload may not.
         raise Rejected(ReasonCode.BAD_SCHEMA, Stage.ANONYMIZE, "upload has neither data nor uri")
     path = _path_under_roots(upload.image_uri, uri_roots)
-    return _read_bounded(path, limits)
-
-
-def decode_image(data: bytes, limits: LimitSettings) -> CleanImage:
-    """Decode untrusted bytes into bare, upright, 8-bit sRGB pixels.
-
-    ``too_large`` for bytes, pixels, a side or frames over ``limits`` (checked from the
-    header before any pixel is allocated; decompression bombs included); ``decode_error``
-    for anything that is not a complete image in :data:`ALLOWED_FORMATS`.
-    """
-    _check_size(len(data), limits)
-    if not data:
-        raise Rejected(ReasonCode.DECODE_ERROR, Stage.ANONYMIZE, "image is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data), formats=_OPENERS) as im:
-            if im.format not in ALLOWED_FORMATS:
-                raise Rejected(
-                    ReasonCode.DECODE_ERROR,
-                    Stage.ANONYMIZE,
-                    f"format {im.format} is not accepted; accepted: {', '.join(ALLOWED_FORMATS)}",
-                )
-            _check_header(im, limits)
-            im.load()
-            icc = im.info.get("icc_profile")
-            upright = ImageOps.exif_transpose(im)
-            rgb = _to_srgb(upright, icc if isinstance(icc, bytes) else None)
-            fmt = str(im.format)
-    except Rejected:
-        raise
-    except Image.UnidentifiedImageError:
-        raise Rejected(
-            ReasonCode.DECODE_ERROR,
-            Stage.ANONYMIZE,
-            f"not an image in an accepted format ({_sniff(data)}); "
-            f"accepted: {', '.join(ALLOWED_FORMATS)}",
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own guard (its warning, when a filter escalates it) fires at open() for
-        # sizes far past ours; either way the image is refused unallocated.
-        raise Rejected(ReasonCode.TOO_LARGE, Stage.ANONYMIZE, str(exc)) from None
-    except MemoryError:
-        raise Rejected(
-            ReasonCode.TOO_LARGE, Stage.ANONYMIZE, "decoding needs more memory than available"
-        ) from None
-    except _DECODE_FAILURES as exc:
-        raise Rejected(
-            ReasonCode.DECODE_ERROR,
-            Stage.ANONYMIZE,
-            f"corrupt or truncated image: {type(exc).__name__}: {exc}"[:300],
-        ) from None
-    pixels = np.array(rgb, dtype=np.uint8, order="C")
-    if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise Rejected(
-            ReasonCode.DECODE_ERROR,
-            Stage.ANONYMIZE,
-            f"decoded to shape {pixels.shape}, expected height x width x 3",
-        )
-    return CleanImage(pixels=pixels, format=fmt)
-
-
-def encode_png(pixels: RGBImage) -> bytes:
-    """PNG bytes of an H x W x 3 uint8 image with no ancillary chunks.
-
-    Only IHDR, IDAT and IEND are written (no text, EXIF, ICC or time chunks), and the same
-    pixels always give the same bytes, so stored crops are content-addressable.
-
-    Written here rather than by Pillow because it is the store stage's hot spot: every
-    accepted face is two crops (256 and 512 px), and Pillow's adaptive filtering took
-    ~30 ms a 512 px crop on this machine's CPUs. One "Sub" filter for every row (a numpy
-    subtraction) and zlib level 2 take under half that for files about 15% larger; zlib
-    also releases the GIL, so crops encode in parallel threads.
-    """
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(
-            f"pixels must be height x width x 3 uint8, got shape {pixels.shape} {pixels.dtype}"
-        )
-    height, width = pixels.shape[:2]
-    rows = np.ascontiguousarray(pixels).reshape(height, width * 3)
-    scanlines = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    scanlines[:, 0] = _PNG_FILTER_SUB
-    scanlines[:, 1:4] = rows[:, :3]
-    # uint8 arithmetic wraps modulo 256, which is exactly the PNG Sub filter.
-    np.subtract(rows[:, 3:], rows[:, :-3], out=scanlines[:, 4:])
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"".join(
-        (
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_COMPRESS_LEVEL)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(data, zlib.crc32(kind))
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def _check_size(size: int, limits: LimitSettings) -> None:
-    if size > limits.max_upload_bytes:
-        raise Rejected(
-            ReasonCode.TOO_LARGE,
-            Stage.ANONYMIZE,
-            f"image is {size} bytes or more; limits.max_upload_bytes is {limits.max_upload_bytes}",
-        )
+    return read_bounded(path, limits)
 
 
 def _path_under_roots(uri: str, uri_roots: Sequence[Path]) -> Path:
@@ -299,133 +129,3 @@ def _path_under_roots(uri: str, uri_roots: Sequence[Path]) -> Path:
             ReasonCode.BAD_URI, Stage.ANONYMIZE, "uri resolves outside every configured uri root"
         )
     return resolved
-
-
-def _read_bounded(path: Path, limits: LimitSettings) -> bytes:
-    """At most ``max_upload_bytes + 1`` bytes of a regular file, else a rejection."""
-    # O_NOFOLLOW: the path was resolved, so a symlink here was swapped in after the check.
-    # O_NONBLOCK: opening a FIFO must not hang the worker before the regular-file check.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise Rejected(ReasonCode.BAD_URI, Stage.ANONYMIZE, "uri names a missing file") from None
-    except OSError as exc:
-        raise Rejected(
-            ReasonCode.BAD_URI, Stage.ANONYMIZE, f"uri file is not readable: {exc.strerror}"
-        ) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Rejected(ReasonCode.BAD_URI, Stage.ANONYMIZE, "uri names no regular file")
-        _check_size(info.st_size, limits)
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "rb") as handle:
-        # The file may grow between fstat and read; the bounded read still stops at limit+1.
-        data = handle.read(limits.max_upload_bytes + 1)
-    _check_size(len(data), limits)
-    return data
-
-
-def _check_header(im: Image.Image, limits: LimitSettings) -> None:
-    """Refuse by the declared geometry, before any pixel is decoded."""
-    width, height = im.size
-    if width <= 0 or height <= 0:
-        raise Rejected(
-            ReasonCode.DECODE_ERROR, Stage.ANONYMIZE, f"image declares size {width}x{height}"
-        )
-    if max(width, height) > limits.max_side_px:
-        raise Rejected(
-            ReasonCode.TOO_LARGE,
-            Stage.ANONYMIZE,
-            f"image is {width}x{height}; limits.max_side_px is {limits.max_side_px}",
-        )
-    if width * height > limits.max_pixels:
-        raise Rejected(
-            ReasonCode.TOO_LARGE,
-            Stage.ANONYMIZE,
-            f"image is {width}x{height} = {width * height} pixels; "
-            f"limits.max_pixels is {limits.max_pixels}",
-        )
-    # Pillow only warns (DecompressionBombWarning) between its limit and twice it; when
-    # the configured limit is looser than Pillow's, the warning is still taken as final.
-    bomb_limit = Image.MAX_IMAGE_PIXELS
-    if bomb_limit is not None and width * height > bomb_limit:
-        raise Rejected(
-            ReasonCode.TOO_LARGE,
-            Stage.ANONYMIZE,
-            f"image is {width}x{height} = {width * height} pixels, over Pillow's "
-            f"decompression-bomb limit of {bomb_limit}",
-        )
-    # MPO frames are the same shot again (a preview, the other eye of a stereo pair), not
-    # animation: phones write them, and only the first is ever decoded.
-    if im.format != "MPO":
-        frames = int(getattr(im, "n_frames", 1))
-        if frames > limits.max_frames:
-            raise Rejected(
-                ReasonCode.TOO_LARGE,
-                Stage.ANONYMIZE,
-                f"image has {frames} frames; limits.max_frames is {limits.max_frames}",
-            )
-
-
-def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
-    """8-bit RGB in sRGB: colour-managed when a usable profile is embedded, alpha on white."""
-    im = _to_8bit(im)
-    if icc:
-        im = _apply_icc(im, icc)
-    if im.mode == "RGBA":
-        # Transparent areas become white, not the (often black) colour hidden under alpha 0.
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, im)
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """One of L, RGB, RGBA or CMYK, with transparency kept as alpha."""
-    mode = im.mode
-    if "transparency" in im.info and mode in ("1", "L", "P", "RGB"):
-        # A colour key (PNG tRNS, GIF transparent index) becomes a real alpha channel.
-        return im.convert("RGBA")
-    if mode in ("L", "RGB", "RGBA", "CMYK"):
-        return im
-    if mode.startswith("I;16") or mode == "I":
-        # Pillow's own I;16 -> L conversion clips at 255 instead of scaling: a 16-bit
-        # grayscale selfie would come out white. Scale the 0..65535 range down instead.
-        wide = np.asarray(im, dtype=np.int64)
-        narrow = (np.clip(wide, 0, 65535) // 257).astype(np.uint8)
-        return Image.fromarray(narrow)
-    if mode in ("LA", "La", "PA", "RGBa"):
-        return im.convert("RGBA")
-    if mode in ("1", "F"):
-        return im.convert("L")
-    # P without transparency, YCbCr, LAB, HSV: Pillow knows the way to RGB (or raises
-    # ValueError, which becomes a decode_error).
-    return im.convert("RGB")
-
-
-def _apply_icc(im: Image.Image, icc: bytes) -> Image.Image:
-    """Convert from the embedded profile to sRGB; a broken or mismatched profile is ignored.
-
-    Ignoring it is the best remaining guess (most profiles are sRGB or close to it), and a
-    bad profile is no reason to lose an otherwise good photo.
-    """
-    out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
-    try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        converted = ImageCms.profileToProfile(im, source, _SRGB, outputMode=out_mode)
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-        return im
-    return converted if converted is not None else im
-
-
-def _sniff(data: bytes) -> str:
-    head = data[:32].lstrip().lower()
-    for magic, name in _SIGNATURES:
-        if head.startswith(magic.lower()):
-            return f"looks like {name}"
-    if head[4:8] == b"ftyp":
-        return "looks like HEIF/AVIF/MP4"
-    return "unrecognised format"

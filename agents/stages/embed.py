@@ -24,12 +24,12 @@ import numpy.typing as npt
 import torch
 
 from agents.errors import ModelWeightsMissing
-from agents.records import RGBImage
+from agents.records import EMBED_DIM, EMBED_SIZE, RGBImage
 
 __all__ = ["EMBEDDING_DIM", "INPUT_SIZE", "FaceEmbedder"]
 
-EMBEDDING_DIM = 512
-INPUT_SIZE = 160
+EMBEDDING_DIM = EMBED_DIM
+INPUT_SIZE = EMBED_SIZE
 """The side InceptionResnetV1 was trained on; other crops are resized to it."""
 
 EMBEDDER_SETTING = "S2A_MODELS__EMBEDDER_WEIGHTS"

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from alembic import context
-from sqlalchemy import Connection, create_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import schemas.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from schemas.engine import create_engine_for
 
 target_metadata = SQLModel.metadata
 
@@ -71,7 +71,7 @@ def run_online() -> None:
     if connection is not None:
         run_on(connection)
         return
-    engine = create_engine(_url(), poolclass=NullPool)
+    engine = create_engine_for(_url(), migrating=True)
     try:
         with engine.connect() as own:
             run_on(own)

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, Table, update
 from sqlmodel import SQLModel
 
-from agents.blobs import BlobStore
-from agents.db import create_engine_for
-from agents.stages.anonymize import encode_png
+from agents.stages.imageio import encode_png
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for
 from infra.cli import cli
 from schemas.migrate import upgrade
 from schemas.settings import Settings

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.blobs import BlobStore
-from agents.db import create_engine_for
-from agents.repository import Repository
-from agents.vectors import FaceIndex
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for
+from agents.stores.faces import FaceIndex
+from agents.stores.repository import Repository
 from infra.broker import free_port
 from infra.kafka import UploadPublisher, consumer_lag
 from infra.runtime import Stack, WorkerProcess

@@ -17,8 +17,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import schemas.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from schemas.engine import resolve_url
 from schemas.errors import ConfigError
-from schemas.migrate import current, downgrade, head, resolve_url, upgrade
+from schemas.migrate import current, downgrade, head, upgrade
 
 TABLES = {
     "subjects",

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from agents.db import create_engine_for
 from agents.pairing.imports import ImportRefused, import_pairs
 from agents.pairing.pairer import Pairer
 from agents.pairing.store import PairStore, pair_id_for
@@ -27,6 +26,7 @@ from agents.references.library import RefLibrary, read_sources
 from agents.review.store import ReviewStore
 from agents.stages.detect import MtcnnDetector
 from agents.stages.embed import FaceEmbedder
+from agents.stores.db import create_engine_for
 from schemas.pairs import FaceAccepted, PairStatus
 from schemas.settings import Settings
 from schemas.tables import Face, Label, Pair

@@ -22,7 +22,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from agents.blobs import BlobStore
 from agents.references import (
     Attribution,
     Box,
@@ -37,14 +36,15 @@ from agents.references import (
     ref_id_for,
 )
 from agents.references.style import TRAINING_SIDE, resize_square, square_pad
-from agents.refindex import (
+from agents.stages.embed import INPUT_SIZE, FaceEmbedder
+from agents.stores.blobs import BlobStore
+from agents.stores.refindex import (
     RefFilter,
     RefPoint,
     latest_local_version,
     open_ref_index,
     publish_version,
 )
-from agents.stages.embed import INPUT_SIZE, FaceEmbedder
 from infra.cli import cli
 from schemas.migrate import upgrade
 from schemas.settings import LimitSettings, Settings

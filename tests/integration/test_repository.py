@@ -17,10 +17,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from agents.db import SQLITE_BUSY_TIMEOUT_MS, create_engine_for, for_writing
 from agents.errors import StorageError
 from agents.records import ValidUpload
-from agents.repository import Repository
+from agents.stores.db import create_engine_for, for_writing
+from agents.stores.repository import Repository
+from schemas.engine import SQLITE_BUSY_TIMEOUT_MS
 from schemas.migrate import upgrade
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection

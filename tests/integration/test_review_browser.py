@@ -25,10 +25,10 @@ from PIL import Image
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from agents.blobs import BlobStore
-from agents.db import create_engine_for
 from agents.review.server import ReviewServer
 from agents.review.store import ReviewStore
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for
 from schemas.migrate import upgrade
 from schemas.reasons import UploadState
 from schemas.settings import Settings

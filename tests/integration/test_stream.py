@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agents.blobs import BlobStore
-from agents.db import create_engine_for
 from agents.pairing.store import PairStore
-from agents.repository import Repository
-from agents.stages.store import face_id_for
+from agents.stages.prepare import face_id_for
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for
+from agents.stores.repository import Repository
 from infra.broker import free_port
 from infra.kafka import UploadPublisher, consumer_lag, read_pairs, read_rejections
 from infra.runtime import Stack, settings_env
@@ -400,7 +400,7 @@ def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settin
                 "parameters",
             }
     # Qdrant: payloads hold pseudonyms only.
-    from agents.vectors import FaceIndex
+    from agents.stores.faces import FaceIndex
 
     index = FaceIndex.from_settings(settings)
     try:

@@ -25,14 +25,8 @@ from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 from agents.errors import Rejected
 from agents.records import CleanImage, ValidUpload
-from agents.stages.anonymize import (
-    ALLOWED_FORMATS,
-    decode_image,
-    encode_png,
-    pseudonymize,
-    read_image,
-    strip_identity,
-)
+from agents.stages.anonymize import pseudonymize, read_image, strip_identity
+from agents.stages.imageio import ALLOWED_FORMATS, decode_image, encode_png
 from schemas.reasons import ReasonCode, Stage
 from schemas.settings import LimitSettings
 from schemas.uploads import Consent, ImagePayload, UploadEvent

@@ -21,8 +21,8 @@ from agents.stages.label import (
     measured_labels,
     off_axis_deg,
 )
+from agents.stages.prepare import declared_labels
 from agents.stages.quality import assess
-from agents.stages.store import declared_labels
 from schemas.labels import LabelName, check
 from schemas.settings import QualitySettings
 from schemas.uploads import DeclaredAttributes, Source

@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from agents.db import create_engine_for
 from agents.labelheads import (
     MIN_EXAMPLES,
     HeadsMissing,
@@ -27,8 +26,9 @@ from agents.labelheads import (
     model_labels,
 )
 from agents.records import ValidUpload
-from agents.repository import Repository
-from agents.vectors import FACE_VECTOR, FaceIndex
+from agents.stores.db import create_engine_for
+from agents.stores.faces import FACE_VECTOR, FaceIndex
+from agents.stores.repository import Repository
 from infra.cli import cli
 from schemas.labels import LEARNABLE, check
 from schemas.migrate import upgrade

@@ -11,7 +11,7 @@ from agents.pairing.match import (
     label_agreement,
     score_candidates,
 )
-from agents.refindex import RefHit
+from agents.stores.refindex import RefHit
 from schemas.pairs import Candidate, PairStatus
 
 

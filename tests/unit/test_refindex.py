@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from agents.errors import StorageError
-from agents.refindex import (
+from agents.stores.refindex import (
     MANIFEST,
     RefFilter,
     RefIndex,
@@ -254,7 +254,7 @@ def test_a_reader_in_another_process_keeps_its_version_while_a_writer_publishes(
         f"""
         import json, sys
         import numpy as np
-        from agents.refindex import open_ref_index
+        from agents.stores.refindex import open_ref_index
         from schemas.settings import Settings
         index = open_ref_index(Settings(home={str(settings.home)!r}), 1)
         print("open", flush=True)

@@ -25,7 +25,7 @@ from agents.references.style import (
     square_pad,
     training_image,
 )
-from agents.stages.anonymize import decode_image
+from agents.stages.imageio import decode_image
 from schemas.settings import LimitSettings
 
 DATA = Path(__file__).parents[1] / "data"

@@ -56,7 +56,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agents.blobs import BlobStore
+from agents.stores.blobs import BlobStore
 from trainer.dataset.snapshot import SPLITS, Manifest, canonical_json
 from trainer.errors import DatasetError
 

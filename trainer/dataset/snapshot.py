@@ -52,10 +52,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
-from agents.db import for_writing, sql_errors
+from agents.stores.db import for_writing, sql_errors
 from schemas.labels import LabelValue, as_values, resolve
 from schemas.pairs import PairStatus
-from schemas.reasons import ReasonCode, UploadState
+from schemas.reasons import ReasonCode, RefStatus, UploadState
 from schemas.settings import Settings
 from schemas.tables import AnimeRef, Face, Label, Pair, RefLabel, Snapshot, Upload
 from trainer.errors import DatasetError
@@ -606,7 +606,7 @@ def load_state(engine: Engine, params: SnapshotParams) -> DatasetState:
     pairs: list[ApprovedPair] = []
     quarantined = 0
     for row in rows:
-        if row["ref_status"] != "active":
+        if row["ref_status"] != RefStatus.ACTIVE:
             quarantined += 1
             continue
         pairs.append(
@@ -853,9 +853,6 @@ def list_snapshots(engine: Engine) -> list[Snapshot]:
     statement = model_select(Snapshot).order_by(col(Snapshot.version))
     with _storage("listing snapshots"), Session(engine) as session:
         rows = list(session.exec(statement).all())
-    for row in rows:
-        if row.created_at.tzinfo is None:  # SQLite hands datetimes back naive (they are UTC)
-            row.created_at = row.created_at.replace(tzinfo=UTC)
     return rows
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from infra.clikit import settings_of
+from infra.cli.kit import settings_of
 from infra.output import emit_json
 from schemas.settings import Settings
 from schemas.tables import Pair

@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
-from agents.db import for_writing, sql_errors
 from agents.records import ValidUpload
+from agents.stores.db import for_writing, sql_errors
 from schemas.errors import ConfigError
 from schemas.reasons import UploadState
 from schemas.rejections import Origin, Rejection
@@ -178,7 +178,7 @@ class Repository:
             rows = list(session.exec(statement).all())
         if limit is not None:
             rows.reverse()
-        return [_as_utc(row) for row in rows]
+        return [row for row in rows]
 
     def counts(self) -> dict[str, int]:
         """Uploads per terminal state; every state is present, zero included."""
@@ -203,7 +203,7 @@ class Repository:
         """The face with this id, or ``None``."""
         with sql_errors("get_face"), Session(self._engine) as session:
             face = session.get(Face, face_id)
-        return None if face is None else _as_utc(face)
+        return None if face is None else face
 
     def faces_of_subject(self, pseudonym: str) -> list[Face]:
         """Every stored face of one subject, oldest first."""
@@ -214,7 +214,7 @@ class Repository:
         )
         with sql_errors("faces_of_subject"), Session(self._engine) as session:
             faces = list(session.exec(statement).all())
-        return [_as_utc(face) for face in faces]
+        return [face for face in faces]
 
     def face_ids_of_subject(self, pseudonym: str) -> list[str]:
         """The ids of one subject's stored faces (index-only: cheap on every upload)."""
@@ -231,7 +231,7 @@ class Repository:
         )
         with sql_errors("labels_of_face"), Session(self._engine) as session:
             labels = list(session.exec(statement).all())
-        return [_as_utc(label) for label in labels]
+        return [label for label in labels]
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -336,16 +336,6 @@ def _values(row: SQLModel, name: str) -> dict[str, Any]:
         if isinstance(column.type, DateTime):
             values[column.key] = _utc_or_none(values.get(column.key), f"{name}.{column.key}")
     return values
-
-
-def _as_utc(row: _Row) -> _Row:
-    """Give a loaded row aware UTC datetimes (SQLite hands them back naive)."""
-    for column in row.__table__.columns:  # type: ignore[attr-defined]
-        value = getattr(row, column.key)
-        if isinstance(value, datetime):
-            aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-            setattr(row, column.key, aware)
-    return row
 
 
 def _utc(value: datetime, name: str) -> datetime:

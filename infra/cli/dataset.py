@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from infra.clikit import settings_of
+from infra.cli.kit import settings_of
 from infra.output import emit_json, emit_table
 from schemas.settings import Settings
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 @contextmanager
 def _engine(settings: Settings) -> Iterator[Engine]:
-    from agents.db import create_engine_for
+    from agents.stores.db import create_engine_for
     from schemas.migrate import upgrade
 
     upgrade(settings.sql_url)
@@ -156,7 +156,7 @@ def export(
     as_json: bool,
 ) -> None:
     """Write SNAPSHOT's pairs where training tools read them, with their licenses."""
-    from agents.blobs import BlobStore
+    from agents.stores.blobs import BlobStore
     from trainer.dataset import export_snapshot
 
     settings = settings_of(ctx)

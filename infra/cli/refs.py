@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from infra.clikit import settings_of
+from infra.cli.kit import settings_of
 from infra.output import emit_json, emit_table
 from schemas.settings import Settings
 

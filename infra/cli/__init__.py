@@ -18,11 +18,11 @@ import click
 from pydantic import ValidationError
 
 from agents.errors import PipelineError
-from infra.cli_dataset import dataset
-from infra.cli_labels import labels
-from infra.cli_pairs import pairs
-from infra.cli_refs import refs
-from infra.cli_review import review
+from infra.cli.dataset import dataset
+from infra.cli.labels import labels
+from infra.cli.pairs import pairs
+from infra.cli.refs import refs
+from infra.cli.review import review
 from infra.errors import InfraError
 from infra.output import Progress, emit_json, emit_table
 from schemas.errors import SchemaError
@@ -62,8 +62,8 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _repository(settings: Settings) -> Any:
-    from agents.db import create_engine_for
-    from agents.repository import Repository
+    from agents.stores.db import create_engine_for
+    from agents.stores.repository import Repository
     from schemas.migrate import upgrade
 
     upgrade(settings.sql_url)
@@ -220,8 +220,8 @@ def uploads(ctx: click.Context, state: str | None, limit: int | None, as_json: b
 def status(ctx: click.Context, as_json: bool) -> None:
     """Counts per state and reason, pairs per status, the reference library version, and
     how far the worker is behind the upload topic."""
-    from agents.db import create_engine_for
     from agents.pairing.store import PairStore
+    from agents.stores.db import create_engine_for
     from infra.errors import BrokerError
     from infra.kafka import consumer_lag
 
@@ -317,7 +317,3 @@ def main() -> None:
         log.debug("unhandled error", exc_info=True)
         sys.stderr.write(f"s2a: {type(exc).__name__}: {exc}\n")
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

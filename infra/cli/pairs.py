@@ -7,15 +7,15 @@ from typing import Any
 
 import click
 
-from infra.clikit import settings_of
+from infra.cli.kit import settings_of
 from infra.output import emit_json, emit_table
 from schemas.pairs import PairStatus
 from schemas.settings import Settings
 
 
 def _store(settings: Settings) -> Any:
-    from agents.db import create_engine_for
     from agents.pairing.store import PairStore
+    from agents.stores.db import create_engine_for
     from schemas.migrate import upgrade
 
     upgrade(settings.sql_url)

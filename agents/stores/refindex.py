@@ -48,7 +48,7 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 
 from agents.errors import PipelineError, StorageError
-from agents.vectors import open_client
+from agents.stores.faces import open_client
 from schemas.labels import LabelName
 from schemas.settings import Settings
 

@@ -15,13 +15,14 @@ import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
 from agents.errors import StorageError
+from agents.records import EMBED_DIM
 from schemas.settings import Settings
 
 FACES = "faces"
 #: Named vectors of a face point: the embedder's identity vector, and a small appearance
 #: signature of the aligned crop that the duplicate check compares.
 FACE_VECTOR = "face"
-FACE_DIM = 512
+FACE_DIM = EMBED_DIM
 APPEARANCE_VECTOR = "appearance"
 APPEARANCE_DIM = 256
 

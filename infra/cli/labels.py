@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
 from agents.errors import StorageError
-from infra.clikit import settings_of
+from infra.cli.kit import settings_of
 from infra.output import emit_json, emit_table
 from schemas.labels import LEARNABLE, LabelSource
 from schemas.settings import Settings
@@ -50,7 +50,7 @@ def labels() -> None:
 @click.pass_context
 def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> None:
     """Train a head per label from the human-reviewed labels, and save them."""
-    from agents.vectors import FACE_DIM, FACE_VECTOR
+    from agents.stores.faces import FACE_DIM, FACE_VECTOR
 
     settings = settings_of(ctx)
     engine = _engine(settings)
@@ -146,7 +146,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 
 
 def _engine(settings: Settings) -> Engine:
-    from agents.db import create_engine_for
+    from agents.stores.db import create_engine_for
     from schemas.migrate import upgrade
 
     upgrade(settings.sql_url)
@@ -182,7 +182,7 @@ def _reviewed_faces(engine: Engine) -> tuple[str | None, dict[str, dict[str, str
 
 
 def _face_index(settings: Settings) -> Any:
-    from agents.vectors import FaceIndex
+    from agents.stores.faces import FaceIndex
 
     try:
         return FaceIndex.from_settings(settings)
