@@ -1,4 +1,5 @@
-"""JSON Schemas of the topic records, for producers and consumers in other languages.
+"""JSON Schemas of the topic records and the dataset manifest, for producers and
+consumers in other languages.
 
 The files in ``schemas/jsonschema/`` are generated from the models here
 (``python -m schemas.json_schemas``) and a test fails when they drift apart.
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.manifest import DatasetManifest
 from schemas.pairs import FaceAccepted, PairRecord
 from schemas.rejections import Rejection
 from schemas.uploads import UploadEvent
@@ -23,6 +25,7 @@ RECORDS: dict[str, type[BaseModel]] = {
     "rejection": Rejection,
     "face_accepted": FaceAccepted,
     "pair": PairRecord,
+    "dataset_manifest": DatasetManifest,
 }
 
 
@@ -30,10 +33,14 @@ def schema_of(name: str) -> dict[str, Any]:
     model = RECORDS[name]
     schema = model.model_json_schema(mode="serialization")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = (
-        f"https://selfie2anime.invalid/schemas/{name}.v{model.model_fields['schema_version'].default}.json"
-    )
+    schema["$id"] = f"https://selfie2anime.invalid/schemas/{name}.v{_version(model)}.json"
     return schema
+
+
+def _version(model: type[BaseModel]) -> object:
+    """A topic record's ``schema_version``; the dataset manifest's ``format_version``."""
+    field = model.model_fields.get("schema_version") or model.model_fields["format_version"]
+    return field.default
 
 
 def render(name: str) -> str:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas.errors import LabelError
+
 
 class LabelSource(StrEnum):
     """Where a label value came from, most trusted first (see :data:`PRECEDENCE`)."""
@@ -75,10 +77,6 @@ LEARNABLE: tuple[LabelName, ...] = (
 
 #: Labels the pipeline measures on every accepted face.
 MEASURED: tuple[LabelName, ...] = (LabelName.POSE_BAND, LabelName.LIGHTING_BAND, LabelName.BLUR)
-
-
-class LabelError(ValueError):
-    """A label name or value outside the vocabulary."""
 
 
 def check(name: str, value: str) -> tuple[LabelName, str]:

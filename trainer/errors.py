@@ -1,7 +1,8 @@
 """Errors of the training side.
 
 TrainerError
- └── DatasetError        a snapshot or export cannot be built or read; says why
+ ├── DatasetError                   a snapshot or export cannot be built or read; says why
+ └── NotEnoughLabels (ValueError)   no label has enough reviewed faces for a head
 """
 
 from __future__ import annotations
@@ -13,3 +14,7 @@ class TrainerError(Exception):
 
 class DatasetError(TrainerError):
     """A dataset snapshot or export cannot be made or read."""
+
+
+class NotEnoughLabels(TrainerError, ValueError):
+    """No learnable label has enough reviewed faces to train a head."""

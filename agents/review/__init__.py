@@ -1,7 +1,9 @@
 """The human review page: a queue of pending pairs, a reviewer's decisions, and their errors.
 
-:mod:`agents.review.store` holds the SQL (testable without HTTP); :mod:`agents.review.server`
-serves the page and its JSON API from the standard library's HTTP server.
+:mod:`agents.review.store` holds the SQL reads (testable without HTTP), building what the page
+renders with :mod:`agents.review.views`; :mod:`agents.review.decisions` writes a reviewer's
+decision. :mod:`agents.review.server` serves the page and its JSON API from the standard
+library's HTTP server, after :mod:`agents.review.checks` has checked each request.
 
     PipelineError
      └── ReviewError

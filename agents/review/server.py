@@ -23,14 +23,12 @@ another local page cannot decide for the reviewer).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,8 +38,9 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy import Engine
 
 from agents.errors import StorageError
-from agents.review import Conflict, InvalidDecision, NotFound, ReviewError
-from agents.review.store import ReviewStore, check_reviewer
+from agents.review import Conflict, InvalidDecision, NotFound, ReviewError, checks
+from agents.review.decisions import check_reviewer
+from agents.review.store import ReviewStore
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
 from schemas.settings import Settings
@@ -55,12 +54,7 @@ _CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
-#: Decision bodies are a few hundred bytes; anything this large is not one.
-MAX_BODY_BYTES = 64 * 1024
-MAX_QUEUE_LIMIT = 500
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_PAIR_ID = re.compile(r"[A-Za-z0-9._:-]{1,36}")
-_DECISION_FIELDS = frozenset({"action", "ref_id", "labels", "seen_updated_at"})
 
 #: The page only ever loads its own script, style sheet and images; framing is refused
 #: because a framed page would take the reviewer's keystrokes (a clickjacked "a").
@@ -78,14 +72,6 @@ _SECURITY_HEADERS = {
 OnDecision = Callable[[Pair], None]
 """Called with the committed pair after each approve, pick or reject (not after a
 relabel-only decision, which leaves the pair as it was). Runs on the request's thread."""
-
-
-class _Refused(ReviewError):
-    """A request refused before it reaches the store, with the HTTP status to answer."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _App:
@@ -138,9 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, route: Callable[[str, dict[str, list[str]]], None]) -> None:
         parts = urlsplit(self.path)
         try:
-            self._check_host()
+            checks.check_host(self.app.hosts, self.headers)
             route(parts.path, parse_qs(parts.query))
-        except _Refused as exc:
+        except checks.Refused as exc:
             self._json(exc.status, {"error": str(exc)})
         except NotFound as exc:
             self._json(HTTPStatus.NOT_FOUND, {"error": str(exc)})
@@ -163,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/queue":
             self._queue(query)
         elif path.startswith("/api/pairs/"):
-            item = self.app.store.item(_pair_id(path.removeprefix("/api/pairs/")))
+            item = self.app.store.item(checks.pair_id(path.removeprefix("/api/pairs/")))
             self._json(HTTPStatus.OK, item.to_json())
         elif path.startswith("/blobs/") and path.endswith(".png"):
             self._blob(path.removeprefix("/blobs/").removesuffix(".png"))
@@ -173,11 +159,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise NotFound(f"no page at {path}")
 
     def _post(self, path: str, query: dict[str, list[str]]) -> None:
-        self._check_origin()
+        checks.check_origin(self.headers)
         if not (path.startswith("/api/pairs/") and path.endswith("/decision")):
             raise NotFound(f"nothing to POST at {path}")
-        pair_id = _pair_id(path.removeprefix("/api/pairs/").removesuffix("/decision"))
-        body = self._json_body()
+        pair_id = checks.pair_id(path.removeprefix("/api/pairs/").removesuffix("/decision"))
+        body = checks.json_body(self.headers, self.rfile)
         pair = self.app.store.decide(
             pair_id,
             self.app.reviewer,
@@ -204,17 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, data, _CONTENT_TYPES[Path(name).suffix])
 
     def _queue(self, query: Mapping[str, list[str]]) -> None:
-        raw = query.get("limit", ["50"])[-1]
-        try:
-            limit = int(raw)
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_QUEUE_LIMIT:
-            raise _Refused(
-                HTTPStatus.BAD_REQUEST, f"limit must be 1 to {MAX_QUEUE_LIMIT}, got {raw!r}"
-            )
         app = self.app
-        items = app.store.queue(limit, app.include_unmatched)
+        items = app.store.queue(checks.queue_limit(query), app.include_unmatched)
         self._json(
             HTTPStatus.OK,
             {
@@ -235,45 +212,6 @@ class _Handler(BaseHTTPRequestHandler):
         except FileNotFoundError:
             raise NotFound(f"image {digest} is known but missing from the blob store") from None
         self._send(HTTPStatus.OK, data, "image/png")
-
-    # -- request checks -------------------------------------------------------------------
-
-    def _check_host(self) -> None:
-        hosts = self.app.hosts
-        host = (self.headers.get("Host") or "").lower()
-        if hosts is not None and host not in hosts:
-            raise _Refused(
-                HTTPStatus.BAD_REQUEST,
-                f"this server answers to {', '.join(sorted(hosts))}, not Host {host!r}",
-            )
-
-    def _check_origin(self) -> None:
-        origin = self.headers.get("Origin")
-        own = f"http://{(self.headers.get('Host') or '').lower()}"
-        if origin is not None and origin.lower() != own:
-            raise _Refused(HTTPStatus.FORBIDDEN, f"cross-origin request from {origin!r} refused")
-
-    def _json_body(self) -> dict[str, Any]:
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise _Refused(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                f"send the decision as application/json, not {ctype or 'no content type'!r}",
-            )
-        try:
-            length = int(self.headers.get("Content-Length") or "")
-        except ValueError:
-            raise _Refused(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required") from None
-        if not 0 < length <= MAX_BODY_BYTES:
-            raise _Refused(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"a decision body is 1 to {MAX_BODY_BYTES} bytes, got {length}",
-            )
-        try:
-            body = json.loads(self.rfile.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _Refused(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
-        return _decision_body(body)
 
     # -- responses ------------------------------------------------------------------------
 
@@ -355,8 +293,8 @@ class ReviewServer:
             ) from exc
         server.app = self._app
         port = int(server.server_address[1])
-        self._app.hosts = _hosts(self._host, port)
-        if not _is_loopback(self._host):
+        self._app.hosts = checks.hosts_for(self._host, port)
+        if not checks.is_loopback(self._host):
             log.warning(
                 "the review page has no login and listens on %s: anyone who can reach it "
                 "can see faces and decide pairs",
@@ -396,41 +334,6 @@ class ReviewServer:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _pair_id(raw: str) -> str:
-    if not _PAIR_ID.fullmatch(raw):
-        raise NotFound(f"no pair {raw[:40]!r}")
-    return raw
-
-
-def _decision_body(body: Any) -> dict[str, Any]:
-    """The decision fields, checked for type; what they mean is the store's to check."""
-    if not isinstance(body, dict):
-        raise InvalidDecision("the body must be a JSON object with action and seen_updated_at")
-    unknown = set(body) - _DECISION_FIELDS
-    if unknown:
-        raise InvalidDecision(
-            f"unknown field(s) {sorted(unknown)}; a decision has {sorted(_DECISION_FIELDS)}"
-        )
-    action, ref_id, labels = body.get("action"), body.get("ref_id"), body.get("labels")
-    if not isinstance(action, str):
-        raise InvalidDecision("action is required: approve, reject, pick or relabel")
-    if ref_id is not None and not isinstance(ref_id, str):
-        raise InvalidDecision(f"ref_id must be a string or null, got {ref_id!r}")
-    if labels is not None and not isinstance(labels, dict):
-        raise InvalidDecision(f"labels must be an object of name: value, got {labels!r}")
-    seen = body.get("seen_updated_at")
-    try:
-        seen_at = datetime.fromisoformat(seen) if isinstance(seen, str) else None
-    except ValueError:
-        seen_at = None
-    if seen_at is None or seen_at.tzinfo is None:
-        raise InvalidDecision(
-            f"seen_updated_at must be the pair's updated_at as the page received it "
-            f"(ISO 8601 with a UTC offset), got {seen!r}"
-        )
-    return {"action": action, "ref_id": ref_id, "labels": labels, "seen_updated_at": seen_at}
-
-
 def _pair_json(pair: Pair) -> dict[str, Any]:
     return {
         "pair_id": pair.pair_id,
@@ -443,24 +346,3 @@ def _pair_json(pair: Pair) -> dict[str, Any]:
         "decided_at": None if pair.decided_at is None else pair.decided_at.isoformat(),
         "updated_at": pair.updated_at.isoformat(),
     }
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _hosts(host: str, port: int) -> frozenset[str] | None:
-    """The ``Host`` header values a request may carry, or ``None`` to accept any."""
-    names: tuple[str, ...]
-    if _is_loopback(host):
-        names = ("127.0.0.1", "localhost", "[::1]")
-    elif host in ("", "0.0.0.0", "::"):
-        return None
-    else:
-        names = (f"[{host}]" if ":" in host else host,)
-    return frozenset(f"{name}:{port}".lower() for name in names)

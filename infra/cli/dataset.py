@@ -76,12 +76,12 @@ def snapshot(ctx: click.Context, style: str | None, as_json: bool) -> None:
         emit_json(result.as_dict())
         return
     summary = result.summary
-    splits = summary["splits"]
+    splits = summary.splits
     state = "created" if result.created else "exists"
     click.echo(
-        f"{state} {result.snapshot_id} (version {result.version}): {summary['records']} pairs, "
-        f"train {splits['train']['records']} / validation {splits['validation']['records']}, "
-        f"{summary['subjects']} subjects, {summary['dropped_by_cap']} dropped by the cap"
+        f"{state} {result.snapshot_id} (version {result.version}): {summary.records} pairs, "
+        f"train {splits['train'].records} / validation {splits['validation'].records}, "
+        f"{summary.subjects} subjects, {summary.dropped_by_cap} dropped by the cap"
     )
     click.echo(f"manifest {result.manifest_path}")
 

@@ -68,9 +68,10 @@ def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> Non
     names = sorted({name for face in reviewed.values() for name in face})
     columns = {name: [reviewed[i].get(name) for i in ids] for name in names}
     # Imported once the stores have answered: torch takes seconds to load.
-    from agents.labelheads import LabelHeads, heads_path
+    from agents.labelheads import heads_path
+    from trainer.labels.heads import train_heads
 
-    heads = LabelHeads.train(vectors, columns, seed=seed, embedder=embedder)
+    heads = train_heads(vectors, columns, seed=seed, embedder=embedder)
     path = out or heads_path(settings)
     heads.save(path)
     report = {

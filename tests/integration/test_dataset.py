@@ -36,6 +36,7 @@ from schemas.tables import (
     Upload,
 )
 from trainer.dataset import (
+    SnapshotParams,
     build_manifest,
     canonical_json,
     create_snapshot,
@@ -46,7 +47,6 @@ from trainer.dataset import (
     read_manifest,
     write_report,
 )
-from trainer.dataset.snapshot import SnapshotParams
 from trainer.errors import DatasetError
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -390,52 +390,56 @@ def test_snapshot_is_deterministic_and_named_by_its_bytes(sql_url: str, tmp_path
 def test_snapshot_records_splits_cap_labels_and_lineage(seeded: Seeded) -> None:
     result = create_snapshot(seeded.engine, seeded.settings)
     manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
-    by_face = {r["face_id"]: r for r in manifest.records}
+    by_face = {r.face_id: r for r in manifest.records}
     face = {name: by_face.get(face_id) for name, face_id in seeded.faces.items()}
 
     assert len(manifest.records) == APPROVED_IN_SNAPSHOT - 1  # 8: a1 a2 b1 c1 d1 f1 g1 h1
     assert [face[name] for name in ("a3", "e1", "p1", "u1", "x1")] == [None] * 5
-    train = {r["subject"] for r in manifest.split("train")}
-    validation = {r["subject"] for r in manifest.split("validation")}
+    train = {r.subject for r in manifest.split("train")}
+    validation = {r.subject for r in manifest.split("validation")}
     assert not train & validation
     assert train
     assert validation
 
     summary = manifest.summary
-    assert summary["dropped_by_cap"] == 1
-    assert summary["quarantined_refs"] == 1
-    assert summary["queue"] == {"pending": 2, "unmatched": 1, "rejected": 1}
-    assert summary["decided_by"] == {"auto": 6, "human": 1, "import": 1, "other": 0}
-    assert summary["duplicate_uploads"] == 2
-    assert summary["styles"] == {"cel": 1, "ghibli": 7}
-    assert summary["splits"]["train"]["records"] + summary["splits"]["validation"]["records"] == 8
+    assert summary.dropped_by_cap == 1
+    assert summary.quarantined_refs == 1
+    assert summary.queue == {"pending": 2, "unmatched": 1, "rejected": 1}
+    assert summary.decided_by == {"auto": 6, "human": 1, "import": 1, "other": 0}
+    assert summary.duplicate_uploads == 2
+    assert summary.styles == {"cel": 1, "ghibli": 7}
+    assert summary.splits["train"].records + summary.splits["validation"].records == 8
 
     b1, d1 = face["b1"], face["d1"]
     assert b1 is not None
     assert d1 is not None
-    assert "glasses" not in b1["labels"]  # model guess at 0.5 < 0.85
-    assert b1["labels"]["expression"] == {"value": "smiling", "source": "model", "confidence": 0.99}
-    assert d1["labels"]["gender"]["value"] == "male"  # human over declared
-    assert d1["lineage"]["face_license"] == "CC-BY-4.0"
-    assert d1["lineage"]["face_attribution"] == "Face Research Lab London Set"
-    assert b1["lineage"]["face_license"] is None
-    assert b1["lineage"]["decided_by"] == "human:alice"
-    assert b1["ref_labels"]["hair_colour"]["value"] == "black"
-    assert b1["caption"] == "anime portrait, ghibli style, smiling adult man, slightly turned"
-    assert manifest.data["library_version"] == 2
+    assert "glasses" not in b1.labels  # model guess at 0.5 < 0.85
+    assert b1.labels["expression"].model_dump(mode="json") == {
+        "value": "smiling",
+        "source": "model",
+        "confidence": 0.99,
+    }
+    assert d1.labels["gender"].value == "male"  # human over declared
+    assert d1.lineage.face_license == "CC-BY-4.0"
+    assert d1.lineage.face_attribution == "Face Research Lab London Set"
+    assert b1.lineage.face_license is None
+    assert b1.lineage.decided_by == "human:alice"
+    assert b1.ref_labels["hair_colour"].value == "black"
+    assert b1.caption == "anime portrait, ghibli style, smiling adult man, slightly turned"
+    assert manifest.library_version == 2
 
     row = find_snapshot(seeded.engine, result.snapshot_id)
     assert isinstance(row, Snapshot)
     assert (row.pairs, row.subjects) == (8, 7)
     assert (row.train, row.validation) == (
-        summary["splits"]["train"]["records"],
-        summary["splits"]["validation"]["records"],
+        summary.splits["train"].records,
+        summary.splits["validation"].records,
     )
     assert row.params["max_per_subject"] == 2
     assert row.library_version == 2
 
     ghibli = create_snapshot(seeded.engine, seeded.settings, style="ghibli")
-    assert ghibli.summary["styles"] == {"ghibli": 7}
+    assert ghibli.summary.styles == {"ghibli": 7}
     assert ghibli.version == 2
 
 
@@ -484,16 +488,16 @@ def test_imagefolder_export_loads_with_both_images_and_captions(
     loaded = _load(out, tmp_path / "hf-cache", monkeypatch)
     assert set(loaded) == {"train", "validation"}
     for split in ("train", "validation"):
-        records = {r["pair_id"]: r for r in manifest.split(split)}
+        records = {r.pair_id: r for r in manifest.split(split)}
         rows = loaded[split]
         assert rows.num_rows == len(records)
         assert {"image", "selfie", "text", "weight", "labels"} <= set(rows.column_names)
         for row in rows:
             record = records[row["pair_id"]]
-            assert row["text"] == record["caption"]
+            assert row["text"] == record.caption
             assert row["image"].size == (48, 48)  # the anime training image
             assert row["selfie"].size == (32, 32)  # the 256 crop (tiny in this test)
-            assert json.loads(row["labels"])["gender"] == record["labels"]["gender"]["value"]
+            assert json.loads(row["labels"])["gender"] == record.labels["gender"].value
 
     licenses = (out / "LICENSES.md").read_text()
     for ref in ("CC-BY-4.0", "CC0-1.0", "CC-BY-SA-4.0", "Dirk Struve", "Astrid \\| Graeber"):
@@ -529,7 +533,7 @@ def test_webdataset_export_reads_back_every_sample(seeded: Seeded, tmp_path: Pat
     manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
     out = tmp_path / "wds"
     exported = export_snapshot(manifest, seeded.blobs, out, "webdataset", shard_size=3)
-    train_records = {r["pair_id"]: r for r in manifest.split("train")}
+    train_records = {r.pair_id: r for r in manifest.split("train")}
     shards = sorted((out / "train").glob("shard-*.tar"))
     assert len(shards) == -(-len(train_records) // 3)
     assert [f"train/{p.name}" for p in shards] == list(exported.files["train"])
@@ -540,10 +544,10 @@ def test_webdataset_export_reads_back_every_sample(seeded: Seeded, tmp_path: Pat
         record = train_records[sample["__key__"]]
         assert sample["selfie.png"].size == (64, 64)
         assert sample["anime.png"].size == (48, 48)
-        assert sample["txt"] == record["caption"]
+        assert sample["txt"] == record.caption
         assert sample["json"]["split"] == "train"
-        assert sample["json"]["weight"] == record["weight"]
-        assert sample["json"]["lineage"]["ref_id"] == record["lineage"]["ref_id"]
+        assert sample["json"]["weight"] == record.weight
+        assert sample["json"]["lineage"]["ref_id"] == record.lineage.ref_id
     validation_shard = str(out / "validation" / "shard-000000.tar")
     validation = list(wds.WebDataset(validation_shard, shardshuffle=False).decode())
     assert len(validation) == len(manifest.split("validation"))
@@ -569,7 +573,7 @@ def test_a_missing_or_corrupt_blob_fails_the_export_and_leaves_nothing(
     result = create_snapshot(seeded.engine, seeded.settings)
     manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
     record = manifest.records[0]
-    digest = record["anime"]["training"]
+    digest = record.anime.training
     blob = seeded.blobs.path(digest)
     original = blob.read_bytes()
 

@@ -206,14 +206,14 @@ def test_no_subject_is_in_both_splits_and_order_does_not_matter(
     state = DatasetState(pairs=tuple(pairs))
     manifest = build_manifest(state, PARAMS)
     by_split = {
-        split: {r["subject"] for r in manifest["records"] if r["split"] == split}
+        split: {r.subject for r in manifest.records if r.split == split}
         for split in (TRAIN, VALIDATION)
     }
     assert not by_split[TRAIN] & by_split[VALIDATION]
     assert by_split[TRAIN] | by_split[VALIDATION] == set(subjects)
-    assert manifest["summary"]["dropped_by_cap"] == sum(max(0, c - 2) for c in counts)
+    assert manifest.summary.dropped_by_cap == sum(max(0, c - 2) for c in counts)
     for split in (TRAIN, VALIDATION):
-        weights = [r["weight"] for r in manifest["records"] if r["split"] == split]
+        weights = [r.weight for r in manifest.records if r.split == split]
         if weights:
             assert fmean(weights) == pytest.approx(1.0, abs=1e-5)
     shuffled = DatasetState(pairs=tuple(data.draw(st.permutations(pairs))))
@@ -230,11 +230,15 @@ def test_manifest_bytes_change_with_a_label_and_hold_no_paths_or_times() -> None
     assert re.fullmatch(r"ds-[0-9a-f]{16}", snapshot_id_of(data))
     for absent in (b"/tmp", b"created_at", b"decided_at"):
         assert absent not in data
-    assert manifest["summary"]["queue"] == {"pending": 3, "unmatched": 0, "rejected": 0}
-    assert manifest["summary"]["decided_by"] == {"auto": 4, "human": 4, "import": 0, "other": 0}
-    record = manifest["records"][0]
-    assert record["labels"]["gender"] == {"value": "female", "source": "declared", "confidence": 1}
-    assert record["caption"] == "anime portrait, ghibli style, woman"
+    assert manifest.summary.queue == {"pending": 3, "unmatched": 0, "rejected": 0}
+    assert manifest.summary.decided_by == {"auto": 4, "human": 4, "import": 0, "other": 0}
+    record = manifest.records[0]
+    assert record.labels["gender"].model_dump(mode="json") == {
+        "value": "female",
+        "source": "declared",
+        "confidence": 1,
+    }
+    assert record.caption == "anime portrait, ghibli style, woman"
 
 
 def test_params_are_checked() -> None:

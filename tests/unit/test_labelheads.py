@@ -17,11 +17,9 @@ from click.testing import CliRunner
 from sqlalchemy import insert
 
 from agents.labelheads import (
-    MIN_EXAMPLES,
     HeadsMissing,
     HeadsUnreadable,
     LabelHeads,
-    NotEnoughLabels,
     heads_path,
     model_labels,
 )
@@ -35,6 +33,8 @@ from schemas.migrate import upgrade
 from schemas.settings import Settings
 from schemas.tables import Face, Label
 from schemas.uploads import DeclaredAttributes, Source
+from trainer.errors import NotEnoughLabels
+from trainer.labels.heads import MIN_EXAMPLES, train_heads
 
 DIM = 512
 AGES = ("18-29", "30-44", "45-59", "60+")
@@ -57,7 +57,7 @@ def _clusters(
 @pytest.fixture(scope="module")
 def ages() -> tuple[npt.NDArray[np.float32], list[str], LabelHeads]:
     x, y = _clusters(1200, AGES, spread=1.0, seed=1)
-    return x, y, LabelHeads.train(x[:1000], {"age_band": y[:1000]}, seed=0)
+    return x, y, train_heads(x[:1000], {"age_band": y[:1000]}, seed=0)
 
 
 def test_heads_learn_separable_classes(
@@ -79,7 +79,7 @@ def test_heads_learn_separable_classes(
 def test_shuffled_labels_score_chance_and_stay_unsure() -> None:
     x, y = _clusters(1000, ("female", "male"), spread=1.0, seed=2)
     shuffled = list(np.random.default_rng(3).permutation(y))
-    heads = LabelHeads.train(x, {"gender": shuffled})
+    heads = train_heads(x, {"gender": shuffled})
     m = heads.metrics["gender"]
     # About 200 held-out rows: chance is 0.5 +- 0.035 (one standard error).
     assert 0.38 <= m["balanced_accuracy"] <= 0.62
@@ -95,7 +95,7 @@ def test_class_balance_keeps_a_rare_value_visible() -> None:
     rng = np.random.default_rng(4)
     x, y = _clusters(1000, ("no", "yes"), spread=1.5, seed=5)
     keep = [i for i, v in enumerate(y) if v == "no" or rng.random() < 0.1]
-    heads = LabelHeads.train(x[keep], {"glasses": [y[i] for i in keep]})
+    heads = train_heads(x[keep], {"glasses": [y[i] for i in keep]})
     m = heads.metrics["glasses"]
     assert m["counts"]["yes"] < m["counts"]["no"] / 5
     assert m["balanced_accuracy"] >= 0.9
@@ -103,8 +103,8 @@ def test_class_balance_keeps_a_rare_value_visible() -> None:
 
 def test_training_is_deterministic_per_seed() -> None:
     x, y = _clusters(300, AGES, spread=3.0, seed=6)
-    a = LabelHeads.train(x, {"age_band": y}, seed=7).predict(x)
-    b = LabelHeads.train(x, {"age_band": y}, seed=7).predict(x)
+    a = train_heads(x, {"age_band": y}, seed=7).predict(x)
+    b = train_heads(x, {"age_band": y}, seed=7).predict(x)
     assert a == b
 
 
@@ -143,7 +143,7 @@ def test_labels_without_enough_values_are_skipped_with_the_reason() -> None:
     hair: list[str | None] = [None] * 100
     hair[:12] = ["black"] * 6 + ["brown"] * 6  # two values, too few faces
     expression: list[str | None] = ["neutral"] * 50 + ["smiling"] * 48 + ["other"] * 2
-    heads = LabelHeads.train(
+    heads = train_heads(
         x, {"gender": y, "glasses": glasses, "hair_colour": hair, "expression": expression}
     )
     assert heads.names == ("gender", "expression")
@@ -158,7 +158,7 @@ def test_labels_without_enough_values_are_skipped_with_the_reason() -> None:
 def test_no_trainable_label_names_the_counts_and_the_need() -> None:
     x, _ = _clusters(10, ("a",), spread=1.0, seed=9)
     with pytest.raises(NotEnoughLabels) as caught:
-        LabelHeads.train(x, {"gender": ["female", "male"] * 5})
+        train_heads(x, {"gender": ["female", "male"] * 5})
     message = str(caught.value)
     assert "gender: 10 over 2 value(s)" in message
     assert f"at least {MIN_EXAMPLES}" in message
@@ -167,12 +167,12 @@ def test_no_trainable_label_names_the_counts_and_the_need() -> None:
 def test_bad_inputs_are_refused_by_name() -> None:
     x, y = _clusters(40, ("female", "male"), spread=1.0, seed=10)
     with pytest.raises(ValueError, match="not learnable"):
-        LabelHeads.train(x, {"pose_band": ["frontal"] * 40})
+        train_heads(x, {"pose_band": ["frontal"] * 40})
     with pytest.raises(ValueError, match="one value"):
-        LabelHeads.train(x, {"gender": y[:-1]})
+        train_heads(x, {"gender": y[:-1]})
     with pytest.raises(ValueError, match="not a value of gender"):
-        LabelHeads.train(x, {"gender": ["woman"] * 40})
-    heads = LabelHeads.train(x, {"gender": y})
+        train_heads(x, {"gender": ["woman"] * 40})
+    heads = train_heads(x, {"gender": y})
     with pytest.raises(ValueError, match="trained on 512"):
         heads.predict(np.ones((1, 128), np.float32))
 
@@ -348,7 +348,7 @@ def test_cli_train_while_the_store_is_held_says_to_stop_the_worker(home: Path) -
 
 def test_cli_train_without_reviewed_faces_says_how_many_are_needed(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["labels", "train"], env={"S2A_HOME": str(tmp_path)})
-    # infra.cli.main prints a PipelineError as its one line (tests/unit/test_cli.py).
+    # infra.cli.main prints a TrainerError as its one line (tests/unit/test_cli.py).
     assert isinstance(result.exception, NotEnoughLabels)
     assert result.output == ""
     message = str(result.exception)

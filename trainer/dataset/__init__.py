@@ -1,6 +1,9 @@
 """Dataset snapshots, exports and reports: approved pairs become training data.
 
-    snapshot   SQL state -> immutable manifest ``dataset_dir/<ds-id>/manifest.json``
+    policy     split by subject, per-subject cap, sampling weights, captions (pure)
+    state      SQL -> approved pairs with their lineage; the ``snapshots`` table
+    snapshot   state -> immutable manifest ``dataset_dir/<ds-id>/manifest.json``
+               (typed: ``schemas.manifest.DatasetManifest``)
     export     manifest + blobs -> imagefolder | instructpix2pix | webdataset folder
     report     manifest -> one self-contained HTML page
 
@@ -14,30 +17,34 @@ Example::
 """
 
 from trainer.dataset.export import ExportFormat, ExportResult, export_snapshot, licenses_markdown
-from trainer.dataset.report import CoverageRow, coverage, render_report, write_report
-from trainer.dataset.snapshot import (
+from trainer.dataset.policy import (
     SPLITS,
     TRAIN,
     VALIDATION,
-    ApprovedPair,
-    DatasetState,
-    Manifest,
     SnapshotParams,
-    SnapshotResult,
     SplitPlan,
     assign_splits,
-    build_manifest,
-    canonical_json,
     cap_per_subject,
     caption,
+    sampling_weights,
+    subject_draw,
+)
+from trainer.dataset.report import CoverageRow, coverage, render_report, write_report
+from trainer.dataset.snapshot import (
+    Manifest,
+    SnapshotResult,
+    build_manifest,
+    canonical_json,
     create_snapshot,
+    read_manifest,
+    snapshot_id_of,
+)
+from trainer.dataset.state import (
+    ApprovedPair,
+    DatasetState,
     find_snapshot,
     list_snapshots,
     load_state,
-    read_manifest,
-    sampling_weights,
-    snapshot_id_of,
-    subject_draw,
 )
 
 __all__ = [

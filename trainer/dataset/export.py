@@ -57,7 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.stores.blobs import BlobStore
-from trainer.dataset.snapshot import SPLITS, Manifest, canonical_json
+from schemas.manifest import ManifestRecord
+from trainer.dataset.policy import SPLITS
+from trainer.dataset.snapshot import Manifest, canonical_json
 from trainer.errors import DatasetError
 
 
@@ -102,9 +104,9 @@ class ExportResult:
         }
 
 
-def edit_prompt(record: Mapping[str, Any]) -> str:
+def edit_prompt(record: ManifestRecord) -> str:
     """The InstructPix2Pix instruction for a record: its caption as an edit."""
-    return f"turn this photo into an {record['caption']}"
+    return f"turn this photo into an {record.caption}"
 
 
 def export_snapshot(
@@ -134,15 +136,15 @@ def export_snapshot(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out} already exists and is not empty; give --out a new path")
     for record in manifest.records:
-        if not _SAFE_KEY.match(str(record["pair_id"])):
+        if not _SAFE_KEY.match(record.pair_id):
             raise DatasetError(
-                f"pair id {record['pair_id']!r} in {manifest.snapshot_id} cannot name a file"
+                f"pair id {record.pair_id!r} in {manifest.snapshot_id} cannot name a file"
             )
 
     out = out.absolute()
     staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    writer: Callable[[Path, str, list[dict[str, Any]], _Blobs, int, int], list[str]] = {
+    writer: Callable[[Path, str, list[ManifestRecord], _Blobs, int, int], list[str]] = {
         ExportFormat.IMAGEFOLDER: _imagefolder,
         ExportFormat.INSTRUCTPIX2PIX: _instructpix2pix,
         ExportFormat.WEBDATASET: _webdataset,
@@ -204,20 +206,20 @@ class _Blobs:
             )
         return data
 
-    def selfie(self, record: Mapping[str, Any], size: int) -> bytes:
-        return self.read(record["selfie"][f"crop_{size}"], f"pair {record['pair_id']} selfie")
+    def selfie(self, record: ManifestRecord, size: int) -> bytes:
+        return self.read(record.selfie.of_size(size), f"pair {record.pair_id} selfie")
 
-    def anime(self, record: Mapping[str, Any]) -> bytes:
-        return self.read(record["anime"]["training"], f"pair {record['pair_id']} anime")
+    def anime(self, record: ManifestRecord) -> bytes:
+        return self.read(record.anime.training, f"pair {record.pair_id} anime")
 
 
 def _write_pair_images(
-    folder: Path, records: Sequence[Mapping[str, Any]], blobs: _Blobs, size: int
+    folder: Path, records: Sequence[ManifestRecord], blobs: _Blobs, size: int
 ) -> None:
     (folder / "selfie").mkdir(parents=True)
     (folder / "anime").mkdir()
     for record in records:
-        key = record["pair_id"]
+        key = record.pair_id
         (folder / "selfie" / f"{key}.png").write_bytes(blobs.selfie(record, size))
         (folder / "anime" / f"{key}.png").write_bytes(blobs.anime(record))
 
@@ -228,15 +230,15 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             handle.write(canonical_json(row))
 
 
-def _label_text(record: Mapping[str, Any]) -> str:
-    values = {name: label["value"] for name, label in record["labels"].items()}
+def _label_text(record: ManifestRecord) -> str:
+    values = {name: label.value for name, label in record.labels.items()}
     return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
 
 def _imagefolder(
     folder: Path,
     split: str,
-    records: list[dict[str, Any]],
+    records: list[ManifestRecord],
     blobs: _Blobs,
     size: int,
     shard_size: int,
@@ -246,13 +248,13 @@ def _imagefolder(
         folder / "metadata.jsonl",
         [
             {
-                "file_name": f"anime/{r['pair_id']}.png",
-                "selfie_file_name": f"selfie/{r['pair_id']}.png",
-                "text": r["caption"],
-                "pair_id": r["pair_id"],
-                "subject": r["subject"],
-                "style": r["style"],
-                "weight": float(r["weight"]),
+                "file_name": f"anime/{r.pair_id}.png",
+                "selfie_file_name": f"selfie/{r.pair_id}.png",
+                "text": r.caption,
+                "pair_id": r.pair_id,
+                "subject": r.subject,
+                "style": r.style,
+                "weight": r.weight,
                 "labels": _label_text(r),
             }
             for r in records
@@ -264,7 +266,7 @@ def _imagefolder(
 def _instructpix2pix(
     folder: Path,
     split: str,
-    records: list[dict[str, Any]],
+    records: list[ManifestRecord],
     blobs: _Blobs,
     size: int,
     shard_size: int,
@@ -274,12 +276,12 @@ def _instructpix2pix(
         folder / "metadata.jsonl",
         [
             {
-                "input_image_file_name": f"selfie/{r['pair_id']}.png",
-                "edited_image_file_name": f"anime/{r['pair_id']}.png",
+                "input_image_file_name": f"selfie/{r.pair_id}.png",
+                "edited_image_file_name": f"anime/{r.pair_id}.png",
                 "edit_prompt": edit_prompt(r),
-                "pair_id": r["pair_id"],
-                "style": r["style"],
-                "weight": float(r["weight"]),
+                "pair_id": r.pair_id,
+                "style": r.style,
+                "weight": r.weight,
             }
             for r in records
         ],
@@ -290,7 +292,7 @@ def _instructpix2pix(
 def _webdataset(
     folder: Path,
     split: str,
-    records: list[dict[str, Any]],
+    records: list[ManifestRecord],
     blobs: _Blobs,
     size: int,
     shard_size: int,
@@ -301,20 +303,20 @@ def _webdataset(
         name = f"shard-{start // shard_size:06d}.tar"
         with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as tar:
             for record in records[start : start + shard_size]:
-                key = record["pair_id"]
+                key = record.pair_id
                 sidecar = {
                     "pair_id": key,
-                    "subject": record["subject"],
-                    "style": record["style"],
-                    "split": record["split"],
-                    "weight": record["weight"],
-                    "caption": record["caption"],
-                    "labels": record["labels"],
-                    "lineage": record["lineage"],
+                    "subject": record.subject,
+                    "style": record.style,
+                    "split": record.split,
+                    "weight": record.weight,
+                    "caption": record.caption,
+                    "labels": record.labels,  # models: canonical_json writes their JSON dump
+                    "lineage": record.lineage,
                 }
                 _add_member(tar, f"{key}.selfie.png", blobs.selfie(record, size))
                 _add_member(tar, f"{key}.anime.png", blobs.anime(record))
-                _add_member(tar, f"{key}.txt", record["caption"].encode())
+                _add_member(tar, f"{key}.txt", record.caption.encode())
                 _add_member(tar, f"{key}.json", canonical_json(sidecar))
         names.append(f"{split}/{name}")
     return names
@@ -340,17 +342,17 @@ def licenses_markdown(manifest: Manifest) -> str:
     refs: dict[str, tuple[str, ...]] = {}
     faces: dict[str, tuple[str, ...]] = {}
     for record in manifest.records:
-        lineage = record["lineage"]
-        refs[lineage["ref_id"]] = (
-            record["style"],
-            lineage["ref_license"],
-            lineage["ref_author"],
-            lineage["ref_source"],
+        lineage = record.lineage
+        refs[lineage.ref_id] = (
+            record.style,
+            lineage.ref_license,
+            lineage.ref_author,
+            lineage.ref_source,
         )
-        if lineage.get("face_source") == "public-dataset":
-            faces[record["face_id"]] = (
-                lineage.get("face_license") or "",
-                lineage.get("face_attribution") or "",
+        if lineage.face_source == "public-dataset":
+            faces[record.face_id] = (
+                lineage.face_license or "",
+                lineage.face_attribution or "",
             )
     lines = [
         f"# Licenses of dataset snapshot {manifest.snapshot_id}",

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.labels import VALUES, LabelName
-from trainer.dataset.snapshot import SPLITS, Manifest
+from schemas.manifest import ManifestRecord
+from trainer.dataset.policy import SPLITS
+from trainer.dataset.snapshot import Manifest
 from trainer.errors import DatasetError
 
 REPORT_NAME = "report.html"
@@ -52,9 +54,9 @@ class CoverageRow:
     """``ok``, ``under-represented`` or ``missing``"""
 
 
-def _label_value(record: Mapping[str, Any], name: str) -> str | None:
-    label = record["labels"].get(name)
-    return None if label is None else str(label["value"])
+def _label_value(record: ManifestRecord, name: str) -> str | None:
+    label = record.labels.get(name)
+    return None if label is None else label.value
 
 
 def coverage(manifest: Manifest) -> list[CoverageRow]:
@@ -65,7 +67,7 @@ def coverage(manifest: Manifest) -> list[CoverageRow]:
     value of the attribute.
     """
     rows: list[CoverageRow] = []
-    for attribute, targets in sorted(manifest.params.get("target_coverage", {}).items()):
+    for attribute, targets in sorted(manifest.params.target_coverage.items()):
         per_split = {
             split: Counter(_label_value(r, attribute) for r in manifest.split(split))
             for split in SPLITS
@@ -175,34 +177,34 @@ figcaption{font-weight:bold;margin-bottom:.3em}code{font-size:.95em}
 def render_report(manifest: Manifest) -> str:
     """The report page of ``manifest`` as HTML text."""
     summary = manifest.summary
-    records = summary["records"]
-    splits = summary["splits"]
-    queue = summary["queue"]
-    decided = summary["decided_by"]
+    records = summary.records
+    splits = summary.splits
+    queue = summary.queue
+    decided = summary.decided_by
     html: list[str] = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         f"<title>Dataset report {escape(manifest.snapshot_id)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>Dataset snapshot <code>{escape(manifest.snapshot_id)}</code></h1>",
         f'<p class="note">manifest sha256 <code>{escape(manifest.sha256)}</code>; '
-        f"reference library version {escape(str(manifest.data.get('library_version')))}</p>",
+        f"reference library version {escape(str(manifest.library_version))}</p>",
         "<h2>Overview</h2>",
         _table(
             ("", *SPLITS, "total"),
             [
-                ("pairs", *(splits[s]["records"] for s in SPLITS), records),
-                ("subjects", *(splits[s]["subjects"] for s in SPLITS), summary["subjects"]),
+                ("pairs", *(splits[s].records for s in SPLITS), records),
+                ("subjects", *(splits[s].subjects for s in SPLITS), summary.subjects),
             ],
         ),
         _table(
             ("measure", "count"),
             [
-                ("pairs dropped by the per-subject cap", summary["dropped_by_cap"]),
-                ("duplicate uploads removed at ingestion", summary["duplicate_uploads"]),
-                ("approved pairs left out (reference quarantined)", summary["quarantined_refs"]),
+                ("pairs dropped by the per-subject cap", summary.dropped_by_cap),
+                ("duplicate uploads removed at ingestion", summary.duplicate_uploads),
+                ("approved pairs left out (reference quarantined)", summary.quarantined_refs),
                 (
                     "subjects moved by the split fallback",
-                    ", ".join(summary["split_fallback"]) or "none",
+                    ", ".join(summary.split_fallback) or "none",
                 ),
             ],
         ),
@@ -243,7 +245,7 @@ def render_report(manifest: Manifest) -> str:
     pose_values, pose_series = _distribution(manifest, LabelName.POSE_BAND.value)
     html += ["<h2>Pose bands</h2>", _figure("pose_band", pose_values, pose_series)]
 
-    style_counts = {split: Counter(r["style"] for r in manifest.split(split)) for split in SPLITS}
+    style_counts = {split: Counter(r.style for r in manifest.split(split)) for split in SPLITS}
     styles = sorted(set().union(*style_counts.values()))
     html += [
         "<h2>Style mix</h2>",
@@ -251,7 +253,7 @@ def render_report(manifest: Manifest) -> str:
     ]
 
     html.append("<h2>Attribute distributions</h2>")
-    names = sorted({name for r in manifest.records for name in r["labels"]})
+    names = sorted({name for r in manifest.records for name in r.labels})
     for name in names:
         if name == LabelName.POSE_BAND.value:
             continue
@@ -260,11 +262,12 @@ def render_report(manifest: Manifest) -> str:
     if not names:
         html.append('<p class="note">No record carries a label.</p>')
 
+    params = manifest.params.model_dump(mode="json")
     html += [
         "<h2>Parameters</h2>",
         _table(
             ("parameter", "value"),
-            [(k, _param_text(v)) for k, v in sorted(manifest.params.items())],
+            [(k, _param_text(v)) for k, v in sorted(params.items())],
         ),
         "</body></html>\n",
     ]

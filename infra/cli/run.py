@@ -1,0 +1,79 @@
+"""Verbs that run the system's processes: ``s2a broker``, ``worker``, ``up`` and ``demo``."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import click
+
+from infra.cli.kit import settings_of
+from infra.output import emit_json, emit_table
+
+
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM (systemd, docker stop, kill) like Ctrl-C, so the children we started
+    (broker, worker) are stopped on the way out instead of being orphaned."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@click.command()
+@click.option("--host", default=None, help="listen address (default S2A_BROKER_HOST)")
+@click.option("--port", type=int, default=None, help="listen port (default S2A_BROKER_PORT)")
+@click.pass_context
+def broker(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
+    from infra.broker import EmbeddedBroker
+
+    settings = settings_of(ctx)
+    embedded = EmbeddedBroker(host or settings.broker_host, port or settings.broker_port)
+    _stop_on_sigterm()
+    with embedded:
+        click.echo(f"broker listening on {embedded.bootstrap}", err=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            embedded.wait()
+
+
+@click.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the Faust ingestion worker against the configured broker."""
+    from infra.runtime import run_worker
+
+    run_worker(settings_of(ctx))
+
+
+@click.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Start the embedded broker (unless S2A_KAFKA_BOOTSTRAP is set) and a worker."""
+    from infra.runtime import Stack
+
+    settings = settings_of(ctx)
+    _stop_on_sigterm()
+    with Stack(settings) as stack:
+        click.echo(f"up: broker {settings.bootstrap_servers}, data in {settings.home}", err=True)
+        try:
+            stack.supervise()
+        except KeyboardInterrupt:
+            click.echo("stopping", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="the outcome of each sample upload as JSON")
+@click.pass_context
+def demo(ctx: click.Context, as_json: bool) -> None:
+    """Run the ingestion end to end on bundled sample selfies and show what became of each."""
+    from infra.demo import run_demo
+
+    report = run_demo(settings_of(ctx))
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    emit_table(report.rows(), ("sample", "upload", "state", "reason", "stage", "detail"))
+    click.echo("")
+    click.echo(report.summary())
