@@ -1,8 +1,12 @@
 """The anime reference library: licensed reference images per art style.
 
 * :mod:`agents.references.library`: :class:`RefLibrary` (``add``, ``list``, ``styles``,
-  ``current_version``), the per-file :class:`RefOutcome`, license normalisation and the
-  ``--sources`` CSV.
+  ``current_version``), tying admission, blobs, embeddings, catalog and vector index.
+* :mod:`agents.references.admission`: the decision about each file (license policy,
+  decoding, face region, style verdict) and the per-file :class:`RefOutcome`.
+* :mod:`agents.references.catalog`: the SQL rows of references, labels and versions.
+* :mod:`agents.references.inputs`: what ``add`` is given: :class:`Attribution`,
+  :class:`Box`, :class:`RefInput`, license normalisation and the ``--sources`` CSV.
 * :mod:`agents.references.style`: style statistics, outlier judging, palettes and the
   512 px training version of a reference (pure functions).
 * :mod:`agents.references.errors`: the exception tree and :class:`RefReason`.
@@ -28,36 +32,33 @@ from agents.references.errors import (
 )
 
 if TYPE_CHECKING:
-    from agents.references.library import (
+    from agents.references.admission import Outcome, RefOutcome, ref_id_for
+    from agents.references.inputs import (
         Attribution,
         Box,
-        Outcome,
         RefInput,
-        RefLibrary,
-        RefOutcome,
         normalise_license,
         read_sources,
-        ref_id_for,
     )
+    from agents.references.library import RefLibrary
 
-_LIBRARY = frozenset(
-    {
-        "Attribution",
-        "Box",
-        "Outcome",
-        "RefInput",
-        "RefLibrary",
-        "RefOutcome",
-        "normalise_license",
-        "read_sources",
-        "ref_id_for",
-    }
-)
+#: Where each lazily loaded name lives.
+_LAZY = {
+    "Attribution": "agents.references.inputs",
+    "Box": "agents.references.inputs",
+    "Outcome": "agents.references.admission",
+    "RefInput": "agents.references.inputs",
+    "RefLibrary": "agents.references.library",
+    "RefOutcome": "agents.references.admission",
+    "normalise_license": "agents.references.inputs",
+    "read_sources": "agents.references.inputs",
+    "ref_id_for": "agents.references.admission",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LIBRARY:
-        return getattr(importlib.import_module("agents.references.library"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'agents.references' has no attribute {name!r}")
 
 

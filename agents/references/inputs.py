@@ -18,7 +18,6 @@ from pathlib import Path
 
 from agents.references.errors import InvalidRequest, SourcesFileError
 
-#: File endings taken from a folder; a file named explicitly is tried whatever its name.
 #: Licenses that ask for no credit; every other one needs an author.
 NO_CREDIT_NEEDED = frozenset({"CC0-1.0", "public-domain"})
 _SOURCES_COLUMNS = ("file", "license", "author", "source")
@@ -162,6 +161,3 @@ def read_sources(path: Path) -> dict[str, Attribution]:
 
 def sources_for(name: str, sources: Mapping[str, Attribution]) -> Attribution:
     return sources.get(name) or sources.get(Path(name).name) or Attribution()
-
-
-# -- the library --------------------------------------------------------------------------

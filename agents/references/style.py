@@ -5,7 +5,7 @@ Pure numpy/OpenCV functions over RGB uint8 arrays; nothing here reads files or s
 * :func:`measure` gives the style statistics of a face region (:data:`STATISTICS`, each a
   function below with what it measures). They were chosen on the test images
   (``tests/data/anime``, ``tests/data/real``) for separating anime art from photos and
-  from other (vector, western cartoon) art; see ``tests/unit/test_style.py``.
+  from other (vector, western cartoon) art; see ``tests/unit/agents/references/test_style.py``.
 * :func:`judge` flags references whose statistics are far from their style's: a robust
   z-score (median and MAD) per statistic, on the scale named in :data:`STATISTICS`.
 * :class:`Palette` is a style's colour distribution (per-channel CDFs in CIE Lab, pooled

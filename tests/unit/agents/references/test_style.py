@@ -28,7 +28,7 @@ from agents.references.style import (
 from agents.stages.imageio import decode_image
 from schemas.settings import LimitSettings
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[3] / "data"
 ANIME = DATA / "anime"
 REAL = DATA / "real"
 

@@ -23,7 +23,7 @@ from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.settings import Settings
 from schemas.uploads import Consent, ImagePayload, UploadEvent
 
-REAL = Path(__file__).parents[1] / "data" / "real"
+REAL = Path(__file__).parents[2] / "data" / "real"
 
 
 def _event(photo: bytes, subject: str, **consent: object) -> UploadEvent:

@@ -348,7 +348,7 @@ def test_cli_train_while_the_store_is_held_says_to_stop_the_worker(home: Path) -
 
 def test_cli_train_without_reviewed_faces_says_how_many_are_needed(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["labels", "train"], env={"S2A_HOME": str(tmp_path)})
-    # infra.cli.main prints a TrainerError as its one line (tests/unit/test_cli.py).
+    # infra.cli.main prints a TrainerError as its one line (tests/unit/infra/test_cli.py).
     assert isinstance(result.exception, NotEnoughLabels)
     assert result.output == ""
     message = str(result.exception)

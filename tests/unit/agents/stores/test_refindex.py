@@ -268,7 +268,7 @@ def test_a_reader_in_another_process_keeps_its_version_while_a_writer_publishes(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[4],
     )
     assert proc.stdin is not None
     assert proc.stdout is not None

@@ -14,7 +14,7 @@ from schemas import json_schemas
 from schemas.settings import LimitSettings, Settings
 from schemas.uploads import UploadEvent
 
-REAL = Path(__file__).parents[1] / "data" / "real"
+REAL = Path(__file__).parents[2] / "data" / "real"
 
 
 @pytest.mark.parametrize("name", sorted(json_schemas.RECORDS))

@@ -34,7 +34,7 @@ from schemas.tables import (
     Upload,
 )
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[3] / "data"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 STYLE = "renpy"
 SELFIES = ("london_001_neutral.jpg", "london_004_neutral.jpg", "london_007_neutral.jpg")

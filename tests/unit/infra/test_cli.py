@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REAL = Path(__file__).parents[1] / "data" / "real"
+REAL = Path(__file__).parents[2] / "data" / "real"
 
 
 def _s2a(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
