@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from agents.errors import PipelineError
+from agents.errors import HeadsMissing, HeadsUnreadable, LabelHeadsError
 from schemas.labels import LabelSource
 from schemas.settings import Settings
 from schemas.tables import Label
@@ -59,18 +59,6 @@ __all__ = [
 HEADS_FILE = "heads.pt"
 #: Version of the saved file's layout; load refuses any other.
 FORMAT = 1
-
-
-class LabelHeadsError(PipelineError):
-    """Label heads cannot be loaded."""
-
-
-class HeadsMissing(LabelHeadsError, FileNotFoundError):
-    """No heads file where one is expected."""
-
-
-class HeadsUnreadable(LabelHeadsError, ValueError):
-    """A heads file that is damaged, or not of this version."""
 
 
 def heads_path(settings: Settings) -> Path:

@@ -11,8 +11,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from infra.errors import BrokerError
-from infra.waiting import WaitTimeout, wait_until
+from infra.errors import BrokerError, WaitTimeout
+from infra.waiting import wait_until
 
 log = logging.getLogger(__name__)
 

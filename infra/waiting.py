@@ -10,11 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from infra.errors import InfraError
-
-
-class WaitTimeout(InfraError, TimeoutError):
-    """The condition did not hold before the deadline."""
+from infra.errors import WaitTimeout
 
 
 def wait_until(

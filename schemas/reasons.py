@@ -38,6 +38,27 @@ class RefStatus(StrEnum):
     """kept with its reason but out of the index (a style outlier)"""
 
 
+class RefReason(StrEnum):
+    """Why a reference file was refused or quarantined (a closed list)."""
+
+    LICENSE_MISSING = "license_missing"
+    """no license given on the command line or in the --sources CSV"""
+    LICENSE_NOT_ALLOWED = "license_not_allowed"
+    """the license is not in ``settings.refs.allowed_licenses``"""
+    ATTRIBUTION_MISSING = "attribution_missing"
+    """the license requires crediting an author, and none was given"""
+    DECODE_ERROR = "decode_error"
+    """not a complete image in an accepted format"""
+    TOO_LARGE = "too_large"
+    """over the decode limits uploads have (bytes, pixels, side, frames)"""
+    TOO_SMALL = "too_small"
+    """the face region's shorter side is under ``settings.refs.min_side_px``"""
+    BAD_BOX = "bad_box"
+    """the --box does not lie inside the image"""
+    STYLE_OUTLIER = "style_outlier"
+    """stored but quarantined: a style statistic is far from the style's references"""
+
+
 class ReasonCode(StrEnum):
     """Why an upload was rejected. Closed list: a rejection never carries free text alone."""
 

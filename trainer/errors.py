@@ -1,11 +1,21 @@
-"""Errors of the training side.
+"""Every error :mod:`trainer` raises, drawn once.
 
-TrainerError
- ├── DatasetError                   a snapshot or export cannot be built or read; says why
- └── NotEnoughLabels (ValueError)   no label has enough reviewed faces for a head
+    TrainerError
+     ├── DatasetError                      a snapshot or export cannot be built or read;
+     │                                     says why (no approved pair, a changed blob, a
+     │                                     manifest that does not hash to its name)
+     ├── StorageError (RuntimeError) [retry]
+     │                                     the database failed while reading or recording
+     │                                     a snapshot; nothing half-written is kept
+     └── NotEnoughLabels (ValueError)      no label has enough reviewed faces for a head
+
+``[retry]`` errors also subclass :class:`~schemas.errors.Transient`: the same call may
+succeed later, unchanged. The others need different data or settings first.
 """
 
 from __future__ import annotations
+
+from schemas.errors import Transient
 
 
 class TrainerError(Exception):
@@ -14,6 +24,10 @@ class TrainerError(Exception):
 
 class DatasetError(TrainerError):
     """A dataset snapshot or export cannot be made or read."""
+
+
+class StorageError(TrainerError, Transient, RuntimeError):
+    """The database failed under a dataset operation; the message says which one."""
 
 
 class NotEnoughLabels(TrainerError, ValueError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agents.errors import PipelineError
+from agents.errors import ImportRefused
 from agents.pairing.store import PairStore, pair_id_for
 from schemas.pairs import PairStatus
 from schemas.reasons import RefStatus
@@ -22,10 +22,6 @@ from schemas.tables import Pair
 IMPORTABLE = (PairStatus.APPROVED, PairStatus.REJECTED)
 #: Problems listed in the error before it says "and N more".
 SHOWN_PROBLEMS = 10
-
-
-class ImportRefused(PipelineError, ValueError):
-    """The CSV has rows that cannot be imported; nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@
   :class:`Box`, :class:`RefInput`, license normalisation and the ``--sources`` CSV.
 * :mod:`agents.references.style`: style statistics, outlier judging, palettes and the
   512 px training version of a reference (pure functions).
-* :mod:`agents.references.errors`: the exception tree and :class:`RefReason`.
+* Its errors (``ReferenceLibraryError`` and below, re-exported here) are drawn in
+  :mod:`agents.errors`; why a file was refused is a :class:`~schemas.reasons.RefReason`.
 
 The library's names load on first use, so the pure style functions can be imported without
 the embedder (torch) and the vector index behind :class:`RefLibrary`.
@@ -20,16 +21,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from agents.references.errors import (
+from agents.errors import (
     ImageRefused,
     InvalidRequest,
     LicenseRefused,
     ReferenceLibraryError,
-    RefReason,
     RefRefused,
     SourcesFileError,
     VersionConflict,
 )
+from schemas.reasons import RefReason
 
 if TYPE_CHECKING:
     from agents.references.admission import Outcome, RefOutcome, ref_id_for

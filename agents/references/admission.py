@@ -20,15 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.errors import Rejected
+from agents.errors import ImageRefused, InvalidRequest, LicenseRefused, Rejected
 from agents.records import RGBImage
 from agents.references import style as st
-from agents.references.errors import (
-    ImageRefused,
-    InvalidRequest,
-    LicenseRefused,
-    RefReason,
-)
 from agents.references.inputs import (
     NO_CREDIT_NEEDED,
     Attribution,
@@ -39,7 +33,7 @@ from agents.references.inputs import (
 from agents.stages.imageio import decode_image, encode_png, read_bounded
 from agents.stores.blobs import BlobStore
 from schemas.labels import LabelError, check
-from schemas.reasons import ReasonCode
+from schemas.reasons import ReasonCode, RefReason
 from schemas.settings import RefSettings, Settings
 
 __all__ = [

@@ -16,12 +16,12 @@ from sqlalchemy import Connection, Engine, Table, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
+from agents.errors import InvalidRequest, VersionConflict
 from agents.references import style as st
 from agents.references.admission import MAX_DETAIL, Candidate, truncate
-from agents.references.errors import InvalidRequest, RefReason, VersionConflict
 from agents.stores.db import for_writing, sql_errors
 from schemas.labels import LabelSource
-from schemas.reasons import RefStatus
+from schemas.reasons import RefReason, RefStatus
 from schemas.tables import AnimeRef, LibraryVersion, RefLabel
 
 __all__ = ["ActiveRef", "Catalog"]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.references.errors import InvalidRequest, SourcesFileError
+from agents.errors import InvalidRequest, SourcesFileError
 
 #: Licenses that ask for no credit; every other one needs an author.
 NO_CREDIT_NEEDED = frozenset({"CC0-1.0", "public-domain"})

@@ -47,7 +47,7 @@ import numpy.typing as npt
 from PIL import Image
 from sqlalchemy import Engine
 
-from agents.errors import StorageError
+from agents.errors import InvalidRequest, RefRefused, StorageError
 from agents.records import EMBED_SIZE, RGBImage
 from agents.references import style as st
 from agents.references.admission import (
@@ -64,7 +64,6 @@ from agents.references.admission import (
     ref_id_for,
 )
 from agents.references.catalog import ActiveRef, Catalog
-from agents.references.errors import InvalidRequest, RefRefused
 from agents.references.inputs import (
     Attribution,
     Box,

@@ -18,21 +18,13 @@ from http import HTTPStatus
 from io import BufferedIOBase
 from typing import Any
 
-from agents.review import InvalidDecision, NotFound, ReviewError
+from agents.errors import InvalidDecision, NotFound, Refused
 
 #: Decision bodies are a few hundred bytes; anything this large is not one.
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUEUE_LIMIT = 500
 _PAIR_ID = re.compile(r"[A-Za-z0-9._:-]{1,36}")
 _DECISION_FIELDS = frozenset({"action", "ref_id", "labels", "seen_updated_at"})
-
-
-class Refused(ReviewError):
-    """A request refused before it reaches the store, with the HTTP status to answer."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def check_host(hosts: frozenset[str] | None, headers: Message) -> None:

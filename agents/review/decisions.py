@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from agents.review import Conflict, InvalidDecision
+from agents.errors import Conflict, InvalidDecision
 from agents.review.rows import DECISIONS, LABELS, PAIRS, REFS, face_labels, pair_row
 from agents.review.views import listed_candidates, suggested
 from agents.stores.db import sql_errors

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select
 from sqlmodel import SQLModel
 
-from agents.review import NotFound
+from agents.errors import NotFound
 from agents.review.views import LabelRow
 from schemas.tables import AnimeRef, Face, Label, Pair, RefLabel, ReviewDecision
 

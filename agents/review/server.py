@@ -37,8 +37,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import Engine
 
-from agents.errors import StorageError
-from agents.review import Conflict, InvalidDecision, NotFound, ReviewError, checks
+from agents.errors import Conflict, InvalidDecision, NotFound, Refused, ReviewError, StorageError
+from agents.review import checks
 from agents.review.decisions import check_reviewer
 from agents.review.store import ReviewStore
 from agents.stores.blobs import BlobStore
@@ -126,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             checks.check_host(self.app.hosts, self.headers)
             route(parts.path, parse_qs(parts.query))
-        except checks.Refused as exc:
+        except Refused as exc:
             self._json(exc.status, {"error": str(exc)})
         except NotFound as exc:
             self._json(HTTPStatus.NOT_FOUND, {"error": str(exc)})

@@ -34,7 +34,7 @@ from schemas.pairs import PairStatus
 from schemas.reasons import ReasonCode, RefStatus, UploadState
 from schemas.tables import AnimeRef, Face, Label, Pair, RefLabel, Snapshot, Upload
 from trainer.dataset.policy import TRAIN, VALIDATION, SnapshotParams
-from trainer.errors import DatasetError
+from trainer.errors import DatasetError, StorageError
 
 _PAIRS: Table = SQLModel.metadata.tables[Pair.__tablename__]
 _FACES: Table = SQLModel.metadata.tables[Face.__tablename__]
@@ -98,8 +98,8 @@ class DatasetState:
 
 
 def _storage(operation: str) -> AbstractContextManager[None]:
-    """A database failure as a DatasetError that says what was being done."""
-    return sql_errors(operation, DatasetError)
+    """A database failure as a trainer StorageError that says what was being done."""
+    return sql_errors(operation, StorageError)
 
 
 def _resolved(

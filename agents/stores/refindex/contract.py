@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agents.errors import PipelineError, StorageError
+from agents.errors import PipelineError, RefInputError, StorageError
 from schemas.labels import LabelName
 
 REF_COLLECTION = "anime_refs"
@@ -27,10 +27,6 @@ LABEL_FIELDS: tuple[str, ...] = tuple(f"labels.{name.value}" for name in LabelNa
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _UPSERT_BATCH = 512
-
-
-class RefInputError(PipelineError, ValueError):
-    """A caller handed the index something it cannot take (the message names it)."""
 
 
 @dataclass(frozen=True, slots=True)

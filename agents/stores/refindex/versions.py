@@ -35,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.errors import PipelineError, StorageError
+from agents.errors import PipelineError, RefVersionMissing, StorageError
 from agents.stores.refindex.contract import (
     _UPSERT_BATCH,
     REF_COLLECTION,
@@ -58,19 +58,6 @@ Backend = Literal["edge", "qdrant-local"]
 
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _TEMP_DIR = re.compile(r"^\.v\d{6,}\.tmp-(\d+)-[0-9a-f]+$")
-
-
-class RefVersionMissing(StorageError, FileNotFoundError):
-    """No complete index folder exists for a library version."""
-
-    def __init__(self, version: int, folder: Path) -> None:
-        super().__init__(
-            f"anime reference index version {version} not found: {folder} is missing or "
-            f"incomplete (no {MANIFEST}); publish it with `s2a refs add`, or open "
-            "latest_local_version()"
-        )
-        self.version = version
-        self.folder = folder
 
 
 def _check_version(version: int, what: str = "version") -> None:
@@ -124,7 +111,7 @@ def open_ref_index(settings: Settings, version: int) -> RefIndex:
     folder = version_dir(settings, version)
     manifest = _manifest(folder)
     if manifest is None:
-        raise RefVersionMissing(version, folder)
+        raise RefVersionMissing(version, folder, MANIFEST)
     return _open_folder(folder, manifest, version)
 
 
@@ -230,7 +217,7 @@ def _publish_folder(
         base_folder = version_dir(settings, base)
         base_manifest = _manifest(base_folder)
         if base_manifest is None:
-            raise RefVersionMissing(base, base_folder)
+            raise RefVersionMissing(base, base_folder, MANIFEST)
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_dead_temps(root)

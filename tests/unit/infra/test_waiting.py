@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.waiting import WaitTimeout, wait_until
+from infra.errors import WaitTimeout
+from infra.waiting import wait_until
 
 
 def test_returns_once_the_condition_holds() -> None:

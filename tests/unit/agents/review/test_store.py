@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from agents.review import Conflict, InvalidDecision, NotFound, ReviewError
+from agents.errors import Conflict, InvalidDecision, NotFound, ReviewError
 from agents.review.store import ReviewStore
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
