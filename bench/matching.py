@@ -15,7 +15,7 @@ point to SQLite (~3 ms each), so above ``--local-path-max`` it is built in memor
 search code is the same) and the table says so.
 
 ``--sweep`` instead compares qdrant-edge tunings at ``--sweep-size`` (HNSW builds take
-minutes there): the evidence for the constants in ``agents/refindex.py``.
+minutes there): the evidence for the constants in ``agents/stores/refindex/tuning.py``.
 
 Usage:  python bench/matching.py [--sizes 1000,10000,100000] [--queries 200]
             [--kinds clustered,uniform] [--backends edge,qdrant-local] [--json OUT]

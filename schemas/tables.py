@@ -128,6 +128,13 @@ class Face(SQLModel, table=True):
     align: dict[str, Any] = _json_column()
     embedder: str = Field(max_length=128)
     embedder_random_init: bool
+    embedder_sha256: str | None = Field(
+        default=None, max_length=64, description="sha256 of the embedder's weights file"
+    )
+    flag: str | None = Field(
+        default=None, index=True, max_length=32, description="why the face needs a look"
+    )
+    flag_detail: str | None = Field(default=None, max_length=512)
     image_width: int
     image_height: int
     created_at: datetime = _utc_column()
@@ -191,6 +198,14 @@ class AnimeRef(SQLModel, table=True):
     embedder: str = Field(max_length=128)
     library_version: int = Field(foreign_key="library_versions.version", index=True)
     added_at: datetime = _utc_column()
+    status_by: str | None = Field(
+        default=None, max_length=128, description="who set the status by hand (else the check)"
+    )
+    status_at: datetime | None = _utc_column(nullable=True)
+    landmarks: list[list[float]] | None = _json_column(nullable=True)
+    landmarks_source: str | None = Field(
+        default=None, max_length=16, description="detector name | human"
+    )
 
 
 class RefLabel(SQLModel, table=True):

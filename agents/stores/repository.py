@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, DateTime, Engine, Table, func, select
+from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
@@ -28,7 +28,7 @@ from agents.stores.db import for_writing, sql_errors
 from schemas.errors import ConfigError
 from schemas.reasons import UploadState
 from schemas.rejections import Origin, Rejection
-from schemas.tables import Face, Label, Subject, Upload
+from schemas.tables import Face, Label, Subject, Upload, UTCDateTime
 
 _SUBJECTS: Table = SQLModel.metadata.tables[Subject.__tablename__]
 _UPLOADS: Table = SQLModel.metadata.tables[Upload.__tablename__]
@@ -333,7 +333,7 @@ def _values(row: SQLModel, name: str) -> dict[str, Any]:
     """A table model's column values, its datetimes converted to UTC."""
     values = row.model_dump()
     for column in row.__table__.columns:  # type: ignore[attr-defined]
-        if isinstance(column.type, DateTime):
+        if isinstance(column.type, UTCDateTime):
             values[column.key] = _utc_or_none(values.get(column.key), f"{name}.{column.key}")
     return values
 
