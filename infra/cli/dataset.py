@@ -7,7 +7,8 @@
     s2a dataset report SNAPSHOT [--out PATH] [--json]
 
 ``SNAPSHOT`` is a snapshot id (``ds-...``), a version number or ``latest``. An id is read
-straight from ``S2A_HOME/datasets`` (export and report need no database then).
+straight from ``S2A_HOME/datasets`` (export then needs no database; report reads the
+quarantined references from it).
 """
 
 from __future__ import annotations
@@ -187,13 +188,24 @@ def export(
 @click.option("--json", "as_json", is_flag=True, help='{"snapshot_id", "path"} on stdout')
 @click.pass_context
 def report(ctx: click.Context, snapshot_ref: str, out: Path | None, as_json: bool) -> None:
-    """Write SNAPSHOT's report: coverage gaps, distributions, review rate, as one HTML page."""
+    """Write SNAPSHOT's report as one HTML page: coverage gaps, distributions, review rate,
+    the pairs as thumbnails and the library's quarantined references (read from the database).
+    """
+    from agents.references.catalog import Catalog
+    from agents.stores.blobs import BlobStore
     from trainer.dataset import write_report
     from trainer.dataset.report import REPORT_NAME
 
     settings = settings_of(ctx)
     manifest = _manifest(settings, snapshot_ref)
-    path = write_report(manifest, out or settings.dataset_dir / manifest.snapshot_id / REPORT_NAME)
+    with _engine(settings) as engine:
+        quarantined = Catalog(engine).list(style=manifest.params.style, status="quarantined")
+    path = write_report(
+        manifest,
+        out or settings.dataset_dir / manifest.snapshot_id / REPORT_NAME,
+        blobs=BlobStore(settings.blob_dir),
+        quarantined=quarantined,
+    )
     if as_json:
         emit_json({"snapshot_id": manifest.snapshot_id, "path": str(path)})
     else:

@@ -3,21 +3,27 @@ exports read back with the loaders training code uses (datasets, webdataset)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from sqlalchemy import Engine, Table, update
 from sqlmodel import SQLModel
 
+from agents.references.catalog import Catalog
 from agents.stages.imageio import encode_png
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
@@ -45,6 +51,8 @@ from trainer.dataset import (
     list_snapshots,
     load_state,
     read_manifest,
+    reference_use,
+    render_report,
     write_report,
 )
 from trainer.errors import DatasetError
@@ -650,3 +658,193 @@ def test_cli_json_prints_only_json(seeded: Seeded, tmp_path: Path) -> None:
     missing = runner.invoke(cli, ["dataset", "report", "7", "--json"], env=env)
     assert missing.exit_code != 0
     assert missing.stdout == ""
+
+
+# -- report pictures ------------------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """The parts of a report page the picture tests look at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split: str | None = None
+        self.pairs: dict[str, list[tuple[str, list[dict[str, str]]]]] = {}
+        """split -> [(pair_id, its <img> attributes)]"""
+        self.refs: list[str] = []
+        self.resources: list[str] = []
+        """every src= and href= value"""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.resources += [a[k] for k in ("src", "href") if k in a]
+        if tag == "div" and "data-split" in a:
+            self.split = a["data-split"]
+        elif tag == "figure" and "data-pair" in a and self.split is not None:
+            self.pairs.setdefault(self.split, []).append((a["data-pair"], []))
+        elif tag == "tr" and "data-ref" in a:
+            self.refs.append(a["data-ref"])
+        elif tag == "img" and self.split is not None and self.pairs.get(self.split):
+            self.pairs[self.split][-1][1].append(a)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("h2", "h3"):  # a heading closes the sheet before it
+            self.split = None
+
+
+def _parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
+def _decode(uri: str) -> Image.Image:
+    head, _, data = uri.partition(",")
+    assert head == "data:image/jpeg;base64"
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image
+
+
+def _quarantine_with_reason(seeded: Seeded) -> str:
+    refs = _table(AnimeRef)
+    ref_id = seeded.refs["r-ghibli-q"]
+    with seeded.engine.begin() as connection:
+        connection.execute(
+            update(refs)
+            .where(refs.c.ref_id == ref_id)
+            .values(
+                reason="style_outlier", detail="hue <mean> 4.2 sd from the style", outlier_score=4.2
+            )
+        )
+    return ref_id
+
+
+def test_report_shows_every_pair_as_embedded_thumbnails(seeded: Seeded, tmp_path: Path) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    page = write_report(
+        manifest, tmp_path / "report.html", blobs=seeded.blobs, thumb_size=96
+    ).read_text()
+    parsed = _parse(page)
+
+    for split in ("train", "validation"):
+        records = manifest.split(split)
+        shown = parsed.pairs[split]
+        assert [pair_id for pair_id, _ in shown] == [r.pair_id for r in records]
+        assert f"Showing {len(records)} of {len(records)} {split} pairs." in page
+        for _, images in shown:
+            assert [img["alt"] for img in images] == ["selfie crop", "anime reference"]
+            for img in images:
+                # Square test images are fitted to the square, scaled up from 32 and 48 px.
+                assert _decode(img["src"]).size == (96, 96)
+                assert (img["width"], img["height"]) == ("96", "96")
+    b1 = next(r for r in manifest.records if r.face_id == seeded.faces["b1"])
+    assert "male, 30-44, slight<br>score 0.70 · human:alice" in page  # b1's caption
+
+    # Nothing outside the file: every resource is inline data or a link within the page
+    # (the SVG namespace URI is a name, not a resource).
+    assert parsed.resources
+    assert all(uri.startswith(("data:image/jpeg;base64,", "#")) for uri in parsed.resources)
+    assert re.search(r"""(src|href)\s*=\s*["']?\s*https?:""", page) is None
+    for external in ("<script", "<link", "@import", "url(", "@font-face"):
+        assert external not in page
+    assert b1.pair_id in page
+
+
+def test_report_caps_the_pairs_shown_per_split(seeded: Seeded, tmp_path: Path) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    page = render_report(manifest, blobs=seeded.blobs, sheet_size=2)
+    parsed = _parse(page)
+    train = manifest.split("train")
+    assert len(train) > 2
+    assert len(parsed.pairs["train"]) == 2
+    assert f"Showing 2 of {len(train)} train pairs (evenly spread" in page
+    # Spread over the manifest order, not its head: the first and a later pair.
+    assert [p for p, _ in parsed.pairs["train"]] == [
+        train[0].pair_id,
+        train[len(train) // 2].pair_id,
+    ]
+    with pytest.raises(DatasetError, match="sheet_size must be 0 or more"):
+        render_report(manifest, sheet_size=-1)
+
+
+def test_report_lists_quarantined_references_with_their_reason(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    ref_id = _quarantine_with_reason(seeded)
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    quarantined = Catalog(seeded.engine).list(status="quarantined")
+    assert [r.ref_id for r in quarantined] == [ref_id]
+    page = render_report(manifest, blobs=seeded.blobs, quarantined=quarantined)
+
+    assert _parse(page).refs == [ref_id]
+    row = page[page.index(f'<tr data-ref="{ref_id}">') :]
+    row = row[: row.index("</tr>")]
+    assert '<td class="reason">style_outlier</td>' in row
+    assert "<td>hue &lt;mean&gt; 4.2 sd from the style</td>" in row  # escaped
+    assert "<td>ghibli</td>" in row
+    assert "<td>4.20</td>" in row
+    assert _decode(re.findall(r'src="([^"]+)"', row)[0]).size == (112, 112)
+    assert "Showing 1 of 1 quarantined references." in page
+
+    assert "The reference library was not read" in render_report(manifest)
+    assert "Showing 0 of 0 quarantined references." in render_report(manifest, quarantined=[])
+
+
+def test_report_counts_distinct_references(seeded: Seeded) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    use = reference_use(manifest)
+
+    ref_ids = [r.lineage.ref_id for r in manifest.records]
+    assert use.distinct == len(set(ref_ids)) == 3  # r-ghibli-1, r-ghibli-2, r-cel-1
+    for split in ("train", "validation"):
+        assert use.per_split[split] == len({r.lineage.ref_id for r in manifest.split(split)})
+    assert use.top_ref == seeded.refs["r-ghibli-1"]  # a1, b1, d1, g1, h1
+    assert use.top_count == ref_ids.count(use.top_ref) == 5
+    assert use.top_share == 5 / 8
+
+    page = render_report(manifest)
+    per_split = "".join(f"<td>{use.per_split[s]}</td>" for s in ("train", "validation"))
+    assert f"<td>distinct references</td>{per_split}<td>3</td>" in page
+    assert f"<td>most-used reference</td><td>{use.top_ref}: 5 pair(s), 62.5% of" in page
+
+
+def test_report_flags_a_corrupt_blob_and_still_shows_the_rest(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    result = create_snapshot(seeded.engine, seeded.settings)
+    manifest = read_manifest(seeded.settings.dataset_dir, result.snapshot_id)
+    record = manifest.records[0]
+    blob = seeded.blobs.path(record.selfie.crop_256)
+    blob.write_bytes(blob.read_bytes()[:-10])
+
+    page = render_report(manifest, blobs=seeded.blobs)
+    assert '<p class="flag">1 image(s) could not be shown:' in page
+    assert f"pair {record.pair_id} selfie: blob {record.selfie.crop_256} is corrupt" in page
+    assert "selfie crop not shown</div>" in page
+    images = sum(len(imgs) for pairs in _parse(page).pairs.values() for _, imgs in pairs)
+    assert images == 2 * len(manifest.records) - 1
+
+
+def test_cli_report_shows_pairs_and_quarantined_references(seeded: Seeded) -> None:
+    ref_id = _quarantine_with_reason(seeded)
+    env = {
+        "S2A_HOME": str(seeded.settings.home),
+        "S2A_DATABASE_URL": seeded.settings.sql_url,
+        "S2A_DATASET__MAX_PER_SUBJECT": "2",
+        "S2A_DATASET__VALIDATION_FRACTION": "0.3",
+    }
+    runner = CliRunner()
+    made = runner.invoke(cli, ["dataset", "snapshot", "--json"], env=env, catch_exceptions=False)
+    snapshot_id = json.loads(made.stdout)["snapshot_id"]
+    reported = runner.invoke(
+        cli, ["dataset", "report", snapshot_id, "--json"], env=env, catch_exceptions=False
+    )
+    assert reported.exit_code == 0, reported.output
+    parsed = _parse(Path(json.loads(reported.stdout)["path"]).read_text())
+    assert sum(len(pairs) for pairs in parsed.pairs.values()) == 8
+    assert parsed.refs == [ref_id]

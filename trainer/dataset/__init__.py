@@ -5,7 +5,8 @@
     snapshot   state -> immutable manifest ``dataset_dir/<ds-id>/manifest.json``
                (typed: ``schemas.manifest.DatasetManifest``)
     export     manifest + blobs -> imagefolder | instructpix2pix | webdataset folder
-    report     manifest -> one self-contained HTML page
+    report     manifest (+ blobs, quarantined references) -> one self-contained HTML page
+    sheet      the report's thumbnails: pair contact sheets, quarantined references
 
 Example::
 
@@ -29,7 +30,14 @@ from trainer.dataset.policy import (
     sampling_weights,
     subject_draw,
 )
-from trainer.dataset.report import CoverageRow, coverage, render_report, write_report
+from trainer.dataset.report import (
+    CoverageRow,
+    ReferenceUse,
+    coverage,
+    reference_use,
+    render_report,
+    write_report,
+)
 from trainer.dataset.snapshot import (
     Manifest,
     SnapshotResult,
@@ -57,6 +65,7 @@ __all__ = [
     "ExportFormat",
     "ExportResult",
     "Manifest",
+    "ReferenceUse",
     "SnapshotParams",
     "SnapshotResult",
     "SplitPlan",
@@ -73,6 +82,7 @@ __all__ = [
     "list_snapshots",
     "load_state",
     "read_manifest",
+    "reference_use",
     "render_report",
     "sampling_weights",
     "snapshot_id_of",

@@ -1,16 +1,27 @@
 """The dataset report: one self-contained HTML page about a snapshot.
 
-Made from the manifest alone. No scripts, fonts or stylesheets are fetched: the charts
-are inline SVG drawn here, and every piece of text from the data is HTML-escaped. The
-page shows what an ML engineer decides on before training: coverage gaps against the
-snapshot's ``target_coverage`` (flagged), label distributions per split, pose bands,
-the style mix, subjects per split, pairs dropped by the per-subject cap, duplicates
-removed at ingestion, and how much of the data a person reviewed.
+Made from the manifest (and, for its pictures, the blob store). No scripts, fonts or
+stylesheets are fetched: the charts are inline SVG drawn here, and every piece of text from
+the data is HTML-escaped. The page shows what an ML engineer decides on before training:
+coverage gaps against the snapshot's ``target_coverage`` (flagged), label distributions per
+split, pose bands, the style mix, subjects per split, how many distinct references the pairs
+use, pairs dropped by the per-subject cap, duplicates removed at ingestion, and how much of
+the data a person reviewed. Given the blob store, it also shows the pairs themselves (a
+contact sheet per split, :mod:`trainer.dataset.sheet`), and given the library's quarantined
+references, those with the reason each was quarantined: numbers alone hide a wrong crop or a
+reference of the wrong style. Images are embedded as ``data:`` URIs, so the page is still
+one file.
 
 Example::
 
     manifest = read_manifest(settings.dataset_dir, snapshot_id)
-    path = write_report(manifest, settings.dataset_dir / snapshot_id / "report.html")
+    quarantined = Catalog(engine).list(style=manifest.params.style, status="quarantined")
+    path = write_report(
+        manifest,
+        settings.dataset_dir / snapshot_id / "report.html",
+        blobs=BlobStore(settings.blob_dir),
+        quarantined=quarantined,
+    )
 """
 
 from __future__ import annotations
@@ -23,9 +34,20 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from agents.stores.blobs import BlobStore
 from schemas.labels import VALUES, LabelName
 from schemas.manifest import ManifestRecord
+from schemas.tables import AnimeRef
 from trainer.dataset.policy import SPLITS
+from trainer.dataset.sheet import (
+    DEFAULT_SHEET_SIZE,
+    DEFAULT_THUMB_SIZE,
+    SHEET_STYLE,
+    Thumbnails,
+    pair_sheets,
+    problems_note,
+    quarantine_section,
+)
 from trainer.dataset.snapshot import Manifest
 from trainer.errors import DatasetError
 
@@ -52,6 +74,33 @@ class CoverageRow:
     total: int
     status: str
     """``ok``, ``under-represented`` or ``missing``"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceUse:
+    """How many distinct anime references a snapshot's pairs use, and the most used one.
+
+    Few references over many pairs teach the model a handful of drawings, not a style.
+    """
+
+    distinct: int
+    per_split: Mapping[str, int]
+    top_ref: str | None
+    top_count: int
+    top_share: float
+    """``top_count`` over the snapshot's pairs (0.0 for an empty snapshot)"""
+
+
+def reference_use(manifest: Manifest) -> ReferenceUse:
+    """Distinct references overall and per split, and the most-used one (ties: lowest id)."""
+    counts = Counter(r.lineage.ref_id for r in manifest.records)
+    per_split = {s: len({r.lineage.ref_id for r in manifest.split(s)}) for s in SPLITS}
+    if not counts:
+        return ReferenceUse(0, per_split, None, 0, 0.0)
+    top_ref, top_count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ReferenceUse(
+        len(counts), per_split, top_ref, top_count, top_count / len(manifest.records)
+    )
 
 
 def _label_value(record: ManifestRecord, name: str) -> str | None:
@@ -160,12 +209,42 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], flag: int | Non
     return "".join(out)
 
 
+#: The page's sections, in order: each ``<h2>`` gets the id the top navigation links to.
+_SECTIONS = (
+    "Overview",
+    "Review",
+    "Coverage gaps",
+    "Pose bands",
+    "Style mix",
+    "Attribute distributions",
+    "Pairs",
+    "Quarantined references",
+    "Parameters",
+)
+
+
+def _anchor(title: str) -> str:
+    return title.lower().replace(" ", "-")
+
+
+def _h2(title: str) -> str:
+    return f'<h2 id="{_anchor(title)}">{escape(title)}</h2>'
+
+
+#: In-page links only: the pictures come after long charts, one click away from the top.
+_NAV = (
+    '<nav class="note">'
+    + " · ".join(f'<a href="#{_anchor(t)}">{escape(t)}</a>' for t in _SECTIONS)
+    + "</nav>"
+)
+
+
 def _share(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "n/a"
 
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222;padding:0 1em}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:66em;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;
 text-align:left}th{background:#f3f3f3}tr.gap td{background:#fde2e1;font-weight:bold}
@@ -174,31 +253,56 @@ figcaption{font-weight:bold;margin-bottom:.3em}code{font-size:.95em}
 """
 
 
-def render_report(manifest: Manifest) -> str:
-    """The report page of ``manifest`` as HTML text."""
+def render_report(
+    manifest: Manifest,
+    *,
+    blobs: BlobStore | None = None,
+    quarantined: Sequence[AnimeRef] | None = None,
+    sheet_size: int = DEFAULT_SHEET_SIZE,
+    thumb_size: int = DEFAULT_THUMB_SIZE,
+) -> str:
+    """The report page of ``manifest`` as HTML text.
+
+    ``blobs``: the blob store the manifest's digests name; without it the page has no
+    pictures. ``quarantined``: the library's quarantined references (``Catalog.list(...,
+    status="quarantined")``); ``None`` says the library was not read, ``[]`` that none is
+    quarantined. ``sheet_size``: at most this many pairs per split, and quarantined
+    references, are shown. ``thumb_size``: the side of a thumbnail, in pixels.
+    """
+    if sheet_size < 0:
+        raise DatasetError(
+            f"sheet_size must be 0 or more (pairs shown per split), got {sheet_size}"
+        )
+    thumbs = None if blobs is None else Thumbnails(blobs, thumb_size)
+    cell = 2 * thumb_size + 16  # two thumbnails, their gap and the cell's padding
     summary = manifest.summary
     records = summary.records
     splits = summary.splits
     queue = summary.queue
     decided = summary.decided_by
+    refs = reference_use(manifest)
     html: list[str] = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         f"<title>Dataset report {escape(manifest.snapshot_id)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{_STYLE}{SHEET_STYLE}:root{{--thumb:{thumb_size}px;--cell:{cell}px}}</style>",
+        "</head><body>",
         f"<h1>Dataset snapshot <code>{escape(manifest.snapshot_id)}</code></h1>",
+        _NAV,
         f'<p class="note">manifest sha256 <code>{escape(manifest.sha256)}</code>; '
         f"reference library version {escape(str(manifest.library_version))}</p>",
-        "<h2>Overview</h2>",
+        _h2("Overview"),
         _table(
             ("", *SPLITS, "total"),
             [
                 ("pairs", *(splits[s].records for s in SPLITS), records),
                 ("subjects", *(splits[s].subjects for s in SPLITS), summary.subjects),
+                ("distinct references", *(refs.per_split[s] for s in SPLITS), refs.distinct),
             ],
         ),
         _table(
             ("measure", "count"),
             [
+                ("most-used reference", _top_ref_text(refs)),
                 ("pairs dropped by the per-subject cap", summary.dropped_by_cap),
                 ("duplicate uploads removed at ingestion", summary.duplicate_uploads),
                 ("approved pairs left out (reference quarantined)", summary.quarantined_refs),
@@ -208,7 +312,7 @@ def render_report(manifest: Manifest) -> str:
                 ),
             ],
         ),
-        "<h2>Review</h2>",
+        _h2("Review"),
         _table(
             ("decided by", "pairs", "share"),
             [(k, decided.get(k, 0), _share(decided.get(k, 0), records)) for k in decided],
@@ -220,7 +324,7 @@ def render_report(manifest: Manifest) -> str:
 
     rows = coverage(manifest)
     gaps = [row for row in rows if row.status != "ok"]
-    html.append("<h2>Coverage gaps</h2>")
+    html.append(_h2("Coverage gaps"))
     if gaps:
         html.append(
             f'<p class="flag">{len(gaps)} target value(s) missing or under-represented '
@@ -243,16 +347,16 @@ def render_report(manifest: Manifest) -> str:
         )
 
     pose_values, pose_series = _distribution(manifest, LabelName.POSE_BAND.value)
-    html += ["<h2>Pose bands</h2>", _figure("pose_band", pose_values, pose_series)]
+    html += [_h2("Pose bands"), _figure("pose_band", pose_values, pose_series)]
 
     style_counts = {split: Counter(r.style for r in manifest.split(split)) for split in SPLITS}
     styles = sorted(set().union(*style_counts.values()))
     html += [
-        "<h2>Style mix</h2>",
+        _h2("Style mix"),
         _figure("style", styles, {s: [style_counts[s][v] for v in styles] for s in SPLITS}),
     ]
 
-    html.append("<h2>Attribute distributions</h2>")
+    html.append(_h2("Attribute distributions"))
     names = sorted({name for r in manifest.records for name in r.labels})
     for name in names:
         if name == LabelName.POSE_BAND.value:
@@ -262,9 +366,15 @@ def render_report(manifest: Manifest) -> str:
     if not names:
         html.append('<p class="note">No record carries a label.</p>')
 
+    # Both sections are built before the problems note placed above them, so that it
+    # lists every blob they found broken.
+    sheets = pair_sheets(manifest, thumbs, sheet_size)
+    refs_html = quarantine_section(manifest, quarantined, thumbs, sheet_size)
+    html += [_h2("Pairs"), problems_note(thumbs), sheets, _h2("Quarantined references"), refs_html]
+
     params = manifest.params.model_dump(mode="json")
     html += [
-        "<h2>Parameters</h2>",
+        _h2("Parameters"),
         _table(
             ("parameter", "value"),
             [(k, _param_text(v)) for k, v in sorted(params.items())],
@@ -272,6 +382,12 @@ def render_report(manifest: Manifest) -> str:
         "</body></html>\n",
     ]
     return "".join(html)
+
+
+def _top_ref_text(refs: ReferenceUse) -> str:
+    if refs.top_ref is None:
+        return "none"
+    return f"{refs.top_ref}: {refs.top_count} pair(s), {refs.top_share:.1%} of the snapshot"
 
 
 def _figure(title: str, categories: Sequence[str], series: Mapping[str, Sequence[int]]) -> str:
@@ -289,9 +405,26 @@ def _param_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def write_report(manifest: Manifest, out: Path) -> Path:
-    """Write the report of ``manifest`` to ``out`` (whole or not at all); returns ``out``."""
-    page = render_report(manifest)
+def write_report(
+    manifest: Manifest,
+    out: Path,
+    *,
+    blobs: BlobStore | None = None,
+    quarantined: Sequence[AnimeRef] | None = None,
+    sheet_size: int = DEFAULT_SHEET_SIZE,
+    thumb_size: int = DEFAULT_THUMB_SIZE,
+) -> Path:
+    """Write the report of ``manifest`` to ``out`` (whole or not at all); returns ``out``.
+
+    The keyword arguments are :func:`render_report`'s.
+    """
+    page = render_report(
+        manifest,
+        blobs=blobs,
+        quarantined=quarantined,
+        sheet_size=sheet_size,
+        thumb_size=thumb_size,
+    )
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
