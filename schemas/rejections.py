@@ -11,7 +11,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from schemas.reasons import ReasonCode, Stage
 
 TOPIC = "uploads-dlq"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the ``face_cut_off`` reason (1 had no way to refuse a face cut by the frame)."""
 
 
 class Origin(BaseModel):

@@ -11,7 +11,13 @@ reads goes through one hardened decoder:
   array survives, EXIF (GPS included), XMP, IPTC, comments and ICC profiles are gone by
   construction rather than by a list of blocks to remember to delete.
 * :func:`encode_png` writes stored crops as PNG with no ancillary chunks at all.
-* :func:`image_files` expands folders into the image files under them.
+* :func:`scan_images` expands folders into the image files under them, naming every entry
+  it skipped and why; :func:`image_files` is its list of files alone.
+
+Phone formats: HEIF/HEIC through pillow-heif's Pillow opener (registered here, on import,
+when pillow-heif is installed) and AVIF through Pillow's own plugin (when
+``PIL.features.check("avif")``). Both go through the same header checks, orientation and
+colour handling as every other format; without their decoder they are refused by name.
 
 Refusals are :class:`~agents.errors.Rejected` with :attr:`Stage.ANONYMIZE` (the stage in
 which ingestion decodes); other callers map the reason code to their own errors.
@@ -25,11 +31,12 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, features
 
 from agents.errors import Rejected
 from agents.records import CleanImage, RGBImage
@@ -37,17 +44,65 @@ from schemas.reasons import ReasonCode, Stage
 from schemas.settings import LimitSettings
 
 IMAGE_SUFFIXES: Final = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".mpo",
+        ".heic",
+        ".heif",
+        ".hif",
+        ".avif",
+    }
 )
-"""File suffixes taken as images when a folder is expanded (lower case)."""
+"""File suffixes taken as images when a folder is expanded (lower case). HEIF and AVIF
+files are listed whether or not their decoder is installed: one that cannot be decoded is
+refused by name, never silently left out."""
 
-ALLOWED_FORMATS: Final[tuple[str, ...]] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-"""Pillow format ids an upload may have; every other decoder stays unreachable."""
 
-# The ids handed to Image.open(formats=...). MPO has no opener of its own (Pillow's JPEG
-# opener returns an MPO image when it finds a multi-picture header), and naming it there
-# raises KeyError.
+def _register_heif() -> bool:
+    """Register pillow-heif's HEIF opener with Pillow; False when pillow-heif is missing.
+
+    Thumbnails, depth maps and auxiliary images are switched off: only the primary image
+    is ever decoded, so there is no reason to parse more of an untrusted container.
+    """
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    return True
+
+
+HEIF_DECODER: Final = _register_heif()
+"""Whether HEIF/HEIC images decode here (pillow-heif is installed)."""
+AVIF_DECODER: Final = bool(features.check("avif"))
+"""Whether AVIF images decode here (Pillow was built with libavif)."""
+
+ALLOWED_FORMATS: Final[tuple[str, ...]] = (
+    ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    + (("AVIF",) if AVIF_DECODER else ())
+    + (("HEIF",) if HEIF_DECODER else ())
+)
+"""Pillow format ids an upload may have here; every other decoder stays unreachable."""
+
+# The ids handed to Image.open(formats=...), tried in this order. MPO has no opener of its
+# own (Pillow's JPEG opener returns an MPO image when it finds a multi-picture header), and
+# naming it there raises KeyError. AVIF comes before HEIF: both claim files of the generic
+# 'mif1' brand; Pillow's AVIF opener passes a HEVC one on when libavif cannot parse it, but
+# pillow-heif opens an AV1 one and only fails at load (this libheif decodes HEVC alone).
 _OPENERS: Final[tuple[str, ...]] = tuple(f for f in ALLOWED_FORMATS if f != "MPO")
+
+# ISO-BMFF major brands (bytes 8-12, after 'ftyp'), to name a refused phone image.
+_HEIF_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
 
 PNG_COMPRESS_LEVEL: Final = 2
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
@@ -73,6 +128,8 @@ _DECODE_FAILURES: Final = (
     # Pillow reports some damage (truncated TIFF tags, malformed MPO) as UserWarning;
     # where a warnings filter turns those into errors they are still this image's fault.
     Warning,
+    # libheif's errors reach Python as RuntimeError (pillow-heif), e.g. a codec not built in.
+    RuntimeError,
 )
 
 # Leading bytes of formats people commonly upload by mistake: used only to name what was
@@ -97,15 +154,24 @@ _SRGB: Final = ImageCms.createProfile("sRGB")
 def decode_image(data: bytes, limits: LimitSettings) -> CleanImage:
     """Decode untrusted bytes into bare, upright, 8-bit sRGB pixels.
 
-    ``too_large`` for bytes, pixels, a side or frames over ``limits`` (checked from the
-    header before any pixel is allocated; decompression bombs included); ``decode_error``
-    for anything that is not a complete image in :data:`ALLOWED_FORMATS`.
+    Raises :class:`~agents.errors.Rejected` at the anonymize stage: ``too_large`` for
+    bytes, pixels, a side or frames over ``limits`` (checked from the header before any
+    pixel is allocated; decompression bombs included); ``decode_error`` for anything that
+    is not a complete image in :data:`ALLOWED_FORMATS`, naming HEIF or AVIF when that is
+    what it looks like and its decoder is missing here.
+
+    Upright means as a viewer shows it: JPEG, TIFF, WebP and PNG by their EXIF
+    orientation; AVIF by its ``irot``/``imir`` boxes, which Pillow hands on as that EXIF
+    orientation; HEIF by the same boxes, which libheif applies while decoding (pillow-heif
+    then resets the EXIF tag to 1, so nothing turns twice).
     """
     check_size(len(data), limits)
     if not data:
         raise Rejected(ReasonCode.DECODE_ERROR, Stage.ANONYMIZE, "image is empty (0 bytes)")
+    opened = ""  # the format, once the header is read: it names what was corrupt
     try:
         with Image.open(io.BytesIO(data), formats=_OPENERS) as im:
+            opened = f"{im.format} "
             if im.format not in ALLOWED_FORMATS:
                 raise Rejected(
                     ReasonCode.DECODE_ERROR,
@@ -139,7 +205,9 @@ def decode_image(data: bytes, limits: LimitSettings) -> CleanImage:
         raise Rejected(
             ReasonCode.DECODE_ERROR,
             Stage.ANONYMIZE,
-            f"corrupt or truncated image: {type(exc).__name__}: {exc}"[:300],
+            # libheif ends its messages with a newline; the detail is one line.
+            f"corrupt or truncated {opened}image: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}"[:300],
         ) from None
     pixels = np.array(rgb, dtype=np.uint8, order="C")
     if pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -190,20 +258,78 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def image_files(paths: Iterable[Path]) -> list[Path]:
-    """Files as given, and the regular image files under each folder (recursive, sorted by
-    path, by :data:`IMAGE_SUFFIXES`), without repeats. Paths are not checked to exist."""
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An entry under a folder that looked like an image but is not a file to read."""
+
+    path: Path
+    reason: str
+
+
+def scan_images(paths: Iterable[Path]) -> tuple[list[Path], list[Skipped]]:
+    """Files as given, and the regular image files under each folder, with what was skipped.
+
+    Folders are walked recursively (symbolic links to folders are not followed), sorted by
+    path; an entry counts as an image by its suffix (:data:`IMAGE_SUFFIXES`), anything
+    else is not considered at all. An entry with an image suffix that is not a regular
+    file (a folder named ``x.jpg``, whose contents are walked like any folder's; a broken
+    or looping symbolic link; a FIFO or device; one whose type cannot be read), and a
+    folder that cannot be listed, are returned in the second list with the reason, so
+    that a caller can say what it left out. Repeats are dropped. Paths given directly are
+    returned as given, unchecked. Raises nothing.
+    """
     files: list[Path] = []
+    skipped: list[Skipped] = []
     for path in paths:
-        if path.is_dir():
-            files.extend(
-                sorted(
-                    p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                )
-            )
-        else:
+        if not path.is_dir():
             files.append(path)
-    return list(dict.fromkeys(files))
+            continue
+        named: list[Path] = []
+        # os.walk passes over a folder it may not list in silence unless told: keep them.
+        unlisted: list[OSError] = []
+        for folder, folders, names in os.walk(path, onerror=unlisted.append):
+            named.extend(
+                Path(folder, name)
+                for name in (*folders, *names)
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES
+            )
+        skipped.extend(
+            Skipped(
+                Path(exc.filename) if exc.filename else path,
+                f"a folder that cannot be read: {exc.strerror or exc}",
+            )
+            for exc in unlisted
+        )
+        for entry in sorted(named):
+            why = _not_a_file(entry)
+            if why is None:
+                files.append(entry)
+            else:
+                skipped.append(Skipped(entry, why))
+    return list(dict.fromkeys(files)), list(dict.fromkeys(skipped))
+
+
+def image_files(paths: Iterable[Path]) -> list[Path]:
+    """The files of :func:`scan_images`, without what it skipped."""
+    return scan_images(paths)[0]
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read (symlinks followed), or None."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return "disappeared while the folder was read"
+    except OSError as exc:
+        # ELOOP (a link cycle), EACCES on a parent folder, ENAMETOOLONG...
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None
 
 
 def check_size(size: int, limits: LimitSettings) -> None:
@@ -345,10 +471,29 @@ def _apply_icc(im: Image.Image, icc: bytes) -> Image.Image:
 
 
 def _sniff(data: bytes) -> str:
+    """What the bytes look like, for a refusal's detail; and whether a decoder is missing."""
     head = data[:32].lstrip().lower()
     for magic, name in _SIGNATURES:
         if head.startswith(magic.lower()):
             return f"looks like {name}"
-    if head[4:8] == b"ftyp":
-        return "looks like HEIF/AVIF/MP4"
+    if data[4:8] == b"ftyp":
+        # The major brand, then the compatible ones: an AVIF may say 'mif1' first.
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[i : i + 4] for i in (8, *range(16, min(size, 64), 4))}
+        brand = data[8:12]
+        if brands & _AVIF_BRANDS:
+            return (
+                "looks like AVIF, which could not be read"
+                if AVIF_DECODER
+                else "looks like AVIF, and this Pillow has no AVIF decoder (a Pillow built "
+                "with libavif, 11.3 or later)"
+            )
+        if brands & _HEIF_BRANDS:
+            return (
+                "looks like HEIF/HEIC, which could not be read"
+                if HEIF_DECODER
+                else "looks like HEIF/HEIC, and no HEIF decoder is installed (pip install "
+                "pillow-heif)"
+            )
+        return f"looks like an ISO media file of brand {brand.decode('latin-1')!r}"
     return "unrecognised format"

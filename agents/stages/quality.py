@@ -8,6 +8,8 @@ Checks, in the order a rejection is reported (the first failure wins):
 
 =================  =====================================================================
 multiple_faces     another face at least ``second_face_ratio`` of the main face's size
+face_cut_off       a landmark outside the image, or more than ``max_outside_share`` of the
+                   face box's width (height) beyond the left or right (top or bottom) edge
 low_confidence     detector probability below ``min_detection_prob``
 face_too_small     shorter side of the face box below ``min_face_px`` (original pixels)
 bad_pose           ``|yaw|``, ``|pitch|`` or ``|roll|`` above its limit
@@ -16,7 +18,11 @@ blurry             variance of the Laplacian of the face (128 px grey) below the
 =================  =====================================================================
 
 Exposure is checked before sharpness because a dark face also has a low Laplacian
-variance: the reason given should be the cause, not its symptom.
+variance: the reason given should be the cause, not its symptom. For the same reason a
+face cut by the frame is reported before confidence and pose: the detector is less sure
+of half a face, and its landmarks (hence the pose) are guesses past the edge. A cut face
+must not pass at all, because the align stage fills whatever lies outside the photo by
+mirroring its edge: two half-faces and a second mouth in the stored crops.
 
 Example::
 
@@ -112,11 +118,29 @@ def _sharpness(grey: npt.NDArray[np.uint8]) -> float:
     return float(cv2.Laplacian(small, cv2.CV_64F).var())
 
 
+def _outside(face: Detection, width: int, height: int) -> tuple[float, int]:
+    """How far the face leaves a ``width`` x ``height`` image.
+
+    The largest share of the box lying beyond one edge (the overhang in pixels over the
+    box's width for the left and right edges, over its height for the top and bottom;
+    0 when the box is inside), and the number of landmarks outside ``[0, width] x
+    [0, height]`` (pixel coordinates: the last column's centre is ``width - 0.5``).
+    """
+    x1, y1, x2, y2 = face.box
+    box_w, box_h = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+    share = max(0.0, -x1 / box_w, (x2 - width) / box_w, -y1 / box_h, (y2 - height) / box_h)
+    pts = np.asarray(face.landmarks, dtype=np.float64).reshape(-1, 2)
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] <= width) & (pts[:, 1] >= 0) & (pts[:, 1] <= height)
+    return float(share), int(np.count_nonzero(~inside))
+
+
 def measure(image: CleanImage, faces: Sequence[Detection]) -> QualityReport:
     """Every score of the largest face; raises ``Rejected(no_face)`` when there is none.
 
     ``second_face_ratio`` is the second largest face's size over the main face's (0 when
-    alone); ``n_faces`` counts every detection, background faces included.
+    alone); ``n_faces`` counts every detection, background faces included;
+    ``outside_share`` is the largest share of the face box's side beyond one edge of the
+    image (0 inside) and ``landmarks_outside`` how many of the 5 landmarks lie outside it.
     """
     if not faces:
         raise Rejected(ReasonCode.NO_FACE, Stage.DETECT, "the detector found no face")
@@ -133,11 +157,14 @@ def measure(image: CleanImage, faces: Sequence[Detection]) -> QualityReport:
         clipped = float(np.count_nonzero((grey <= DARK_LEVEL) | (grey >= BRIGHT_LEVEL)))
         clipped /= grey.size
     yaw, pitch, roll = pose_from_landmarks(main.landmarks)
+    outside_share, landmarks_outside = _outside(main, image.width, image.height)
     scores = {
         "face_px": main.size,
         "detection_prob": main.prob,
         "n_faces": float(len(faces)),
         "second_face_ratio": second_ratio,
+        "outside_share": outside_share,
+        "landmarks_outside": float(landmarks_outside),
         "sharpness": sharpness,
         "brightness": brightness,
         "clipped_fraction": clipped,
@@ -149,7 +176,8 @@ def measure(image: CleanImage, faces: Sequence[Detection]) -> QualityReport:
 
 
 def check(report: QualityReport, q: QualitySettings) -> None:
-    """Raise ``Rejected`` at the quality stage for the first failed check, else nothing."""
+    """Raise ``Rejected`` at the quality stage for the first failed check (in the order of
+    the module's table), else nothing."""
     s = report.scores
 
     def reject(reason: ReasonCode, detail: str) -> Rejected:
@@ -161,6 +189,17 @@ def check(report: QualityReport, q: QualitySettings) -> None:
             f"second face ratio {s['second_face_ratio']:.2f} (its size over the main "
             f"face's) not below {q.second_face_ratio:.2f} (S2A_QUALITY__SECOND_FACE_RATIO); "
             f"{int(s['n_faces'])} faces found",
+        )
+    # Scores stored before this check existed have neither key; re-checking them must not
+    # fail, and nothing says their face was cut.
+    outside, cut_marks = s.get("outside_share", 0.0), int(s.get("landmarks_outside", 0.0))
+    if cut_marks or outside > q.max_outside_share:
+        marks = f"{cut_marks} of 5 landmarks outside the image, " if cut_marks else ""
+        raise reject(
+            ReasonCode.FACE_CUT_OFF,
+            f"face cut by the frame: {marks}{outside:.0%} of the face box beyond the "
+            f"image's edge (at most {q.max_outside_share:.0%}, "
+            "S2A_QUALITY__MAX_OUTSIDE_SHARE)",
         )
     if s["detection_prob"] < q.min_detection_prob:
         raise reject(

@@ -12,7 +12,7 @@ import click
 from infra.cli.kit import settings_of
 from infra.output import Progress, emit_json, emit_table
 from schemas.settings import Settings
-from schemas.uploads import Source
+from schemas.uploads import DeclaredAttributes, Source
 
 
 def _repository(settings: Settings) -> Any:
@@ -24,12 +24,45 @@ def _repository(settings: Settings) -> Any:
     return Repository(create_engine_for(settings.sql_url))
 
 
+class IsoTime(click.ParamType):
+    """An ISO 8601 time: a date, a local time (taken as UTC), or one with ``Z`` or an
+    offset (``2030-01-01T00:00:00+02:00``), which is kept.
+
+    click's own DateTime knows neither ``Z`` nor offsets; a malformed value here is a
+    usage error naming the option.
+    """
+
+    name = "ISO-8601"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        text = str(value).strip()
+        try:
+            # Python 3.11 reads 'Z', offsets, a bare date, and ' ' for 'T'.
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{text!r} is not an ISO 8601 time; e.g. 2030-01-01, 2030-01-01T00:00:00Z "
+                "or 2030-01-01T02:00:00+02:00",
+                param,
+                ctx,
+            )
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--subject", help="the app's user id (pseudonymized on entry, never stored)")
 @click.option("--consent-scope", "scopes", multiple=True, default=("training",), show_default=True)
 @click.option("--consent-version", default="cli-1", show_default=True)
-@click.option("--expires", type=click.DateTime(), help="consent expiry, ISO 8601")
+@click.option(
+    "--expires",
+    type=IsoTime(),
+    help="consent expiry, ISO 8601 (2030-01-01, ...T00:00:00Z, ...+02:00; no zone: UTC)",
+)
 @click.option(
     "--source",
     type=click.Choice([s.value for s in Source]),
@@ -38,6 +71,12 @@ def _repository(settings: Settings) -> Any:
 )
 @click.option("--license", "license_", help="required for --source public-dataset")
 @click.option("--attribution", help="credit line kept with every face of a public dataset")
+@click.option(
+    "--attributes",
+    "attributes_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="declared attributes per file: a CSV keyed by file name, or CelebA's list_attr_celeba.txt",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per upload on stdout")
 @click.pass_context
 def publish(
@@ -50,38 +89,81 @@ def publish(
     source: str,
     license_: str | None,
     attribution: str | None,
+    attributes_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Publish image files (or folders of them) as consented upload events."""
+    """Publish image files (or folders of them) as consented upload events.
+
+    Every entry skipped under a folder (a folder or broken link named like an image) and
+    every file that cannot be read is named on stderr with the reason; the run ends with
+    "published N of M" on stdout (stderr with --json). Exit status 1 when nothing was
+    published.
+    """
+    from agents.stages.imageio import IMAGE_SUFFIXES
+    from infra.attributes import read_attributes
+    from infra.errors import UsageError
     from infra.kafka import UploadPublisher, ensure_topics
-    from infra.publish import UploadRequest, build_event, plan, subject_for
+    from infra.publish import Published, UploadRequest, plan, publish_each
 
     settings = settings_of(ctx)
     request = UploadRequest(
         subject=subject,
         consent_version=consent_version,
         scopes=scopes,
-        expires_at=expires.replace(tzinfo=expires.tzinfo or UTC) if expires else None,
+        expires_at=expires,
         source=Source(source),
         license=license_,
         attribution=attribution,
     )
     request.check()
-    files = plan(list(paths))
-    ensure_topics(settings)
-    progress = Progress("published", len(files))
-    with UploadPublisher(settings) as publisher:
-        for path, root in files:
-            event, how = build_event(
-                path, request, settings, subject=subject_for(path, root, request)
+    table = read_attributes(attributes_file) if attributes_file else None
+    if table is not None:
+        if table.ignored:
+            click.echo(
+                f"--attributes: ignoring unknown columns: {', '.join(table.ignored)}", err=True
             )
-            publisher.publish(event)
-            if as_json:
-                emit_json({"upload_id": event.upload_id, "path": str(path), "image": how})
-            else:
-                click.echo(f"{event.upload_id}\t{path}")
-            progress.advance()
-    progress.close()
+        if table.not_carried:
+            click.echo(
+                f"--attributes: ignoring {', '.join(table.not_carried)}: the upload contract "
+                f"has no field for them (it declares {', '.join(DeclaredAttributes.model_fields)})",
+                err=True,
+            )
+    batch = plan(list(paths))
+    for skipped in batch.skipped:
+        click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    published = 0
+    progress = Progress("published", len(batch.files))
+    try:
+        if batch.files:
+            ensure_topics(settings)
+            with UploadPublisher(settings) as publisher:
+                for result in publish_each(batch.files, request, settings, publisher, table):
+                    progress.advance()
+                    if not isinstance(result, Published):
+                        click.echo(f"skipped {result.path}: {result.reason}", err=True)
+                        continue
+                    published += 1
+                    if as_json:
+                        emit_json(
+                            {
+                                "upload_id": result.event.upload_id,
+                                "path": str(result.path),
+                                "image": result.how,
+                            }
+                        )
+                    else:
+                        click.echo(f"{result.event.upload_id}\t{result.path}")
+    finally:
+        # Also when the broker fails half-way: what went out is said before the reason.
+        progress.close()
+        click.echo(f"published {published} of {batch.total}", err=as_json)
+    if published == 0:
+        raise UsageError(
+            f"nothing was published: {batch.total} file(s) skipped, see above"
+            if batch.total
+            else "nothing to publish: no file named like an image "
+            f"({' '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(str(p) for p in paths)}"
+        )
 
 
 @click.command()

@@ -7,9 +7,12 @@ write); the one real photo lives in ``tests/data/real``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pillow_heif
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,7 +28,13 @@ from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 from agents.errors import Rejected
 from agents.records import CleanImage
-from agents.stages.imageio import ALLOWED_FORMATS, decode_image, encode_png
+from agents.stages.imageio import (
+    ALLOWED_FORMATS,
+    AVIF_DECODER,
+    HEIF_DECODER,
+    decode_image,
+    encode_png,
+)
 from schemas.reasons import ReasonCode, Stage
 from schemas.settings import LimitSettings
 
@@ -476,3 +486,186 @@ def test_mutated_images_only_ever_reject(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _only_rejected(bytes(data))
+
+
+# --- phone formats: HEIF/HEIC and AVIF ---------------------------------------------------------
+
+needs_avif = pytest.mark.skipif(not AVIF_DECODER, reason="this Pillow has no AVIF decoder")
+
+
+def sideways_london() -> Image.Image:
+    """The London photo as a phone sensor stores a portrait shot: turned 90 degrees
+    counter-clockwise, to be shown upright by orientation 6 ("turn clockwise")."""
+    with Image.open(REAL_PHOTO) as photo:
+        return photo.convert("RGB").transpose(Image.Transpose.ROTATE_90)
+
+
+def phone_heic(image: Image.Image, exif: Image.Exif) -> bytes:
+    """A HEIC written by pillow-heif as phones write them: the orientation becomes an
+    ``irot`` box, the EXIF block (GPS included) and an XMP packet ride along."""
+    out = io.BytesIO()
+    pillow_heif.from_pillow(image).save(
+        out,
+        format="HEIF",
+        quality=90,
+        exif=exif.tobytes(),
+        xmp=f"<x:xmpmeta><dc:description>{XMP_MARKER}</dc:description></x:xmpmeta>".encode(),
+    )
+    return out.getvalue()
+
+
+def upright_london() -> np.ndarray:
+    with Image.open(REAL_PHOTO) as photo:
+        return np.asarray(photo.convert("RGB"), dtype=np.int16)
+
+
+def test_heic_selfie_with_gps_is_upright_and_keeps_no_metadata() -> None:
+    heic = phone_heic(sideways_london(), phone_exif(orientation=6))
+    assert heic[4:12] == b"ftypheic"
+    # The input really carries GPS, a user comment and XMP (else this proves nothing).
+    for marker in (GPS_MARKER, USER_COMMENT_MARKER, XMP_MARKER):
+        assert marker.encode() in heic
+    opened = Image.open(io.BytesIO(heic))
+    assert opened.getexif().get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSMapDatum] == GPS_MARKER
+
+    clean = decode_image(heic, LIMITS)
+    assert clean.format == "HEIF"
+    assert clean.pixels.shape == (512, 512, 3)
+    assert clean.pixels.dtype == np.uint8
+    assert clean.pixels.flags.c_contiguous
+    # Upright: the decoded photo is the original London photo (lossy HEVC aside); left
+    # sideways or turned twice it would differ by far more.
+    difference = np.abs(clean.pixels.astype(np.int16) - upright_london()).mean()
+    assert difference < 6.0
+    turned = np.rot90(clean.pixels).astype(np.int16)
+    assert np.abs(turned - upright_london()).mean() > 4 * difference
+    # Only pixels survive: the record has no field to hold metadata, and the stored PNG
+    # has no chunk for it.
+    assert {f.name for f in dataclasses.fields(CleanImage)} == {"pixels", "format"}
+    reopened = assert_clean_png(
+        encode_png(clean.pixels), (GPS_MARKER, USER_COMMENT_MARKER, XMP_MARKER)
+    )
+    np.testing.assert_array_equal(np.asarray(reopened), clean.pixels)
+
+
+@needs_avif
+def test_avif_selfie_with_gps_is_upright_and_keeps_no_metadata() -> None:
+    out = io.BytesIO()
+    sideways_london().save(
+        out,
+        format="AVIF",
+        quality=90,
+        exif=phone_exif(orientation=6).tobytes(),
+        xmp=f"<x:xmpmeta><dc:description>{XMP_MARKER}</dc:description></x:xmpmeta>".encode(),
+    )
+    avif = out.getvalue()
+    assert avif[4:12] == b"ftypavif"
+    for marker in (GPS_MARKER, USER_COMMENT_MARKER, XMP_MARKER):
+        assert marker.encode() in avif
+
+    clean = decode_image(avif, LIMITS)
+    assert clean.format == "AVIF"
+    assert clean.pixels.shape == (512, 512, 3)
+    difference = np.abs(clean.pixels.astype(np.int16) - upright_london()).mean()
+    assert difference < 6.0
+    assert np.abs(np.rot90(clean.pixels).astype(np.int16) - upright_london()).mean() > (
+        4 * difference
+    )
+    assert_clean_png(encode_png(clean.pixels), (GPS_MARKER, USER_COMMENT_MARKER, XMP_MARKER))
+
+
+@needs_avif
+def test_generic_mif1_brand_goes_to_the_decoder_of_its_codec() -> None:
+    # Both openers claim the generic 'mif1' brand; each file must still reach the decoder
+    # that can read it (this libheif decodes HEVC only, libavif AV1 only).
+    avif = encoded(Image.new("RGB", (16, 8), (200, 30, 30)), "AVIF")
+    heic = encoded(Image.new("RGB", (16, 8), (30, 30, 200)), "HEIF")
+    for data, fmt in ((avif, "AVIF"), (heic, "HEIF")):
+        generic = data[:8] + b"mif1" + data[12:]
+        clean = decode_image(generic, LIMITS)
+        assert clean.format == fmt
+        assert clean.pixels.shape == (8, 16, 3)
+
+
+def test_heic_limits_come_from_the_header() -> None:
+    small = Image.new("RGB", (64, 48), (40, 90, 160))
+    heic = phone_heic(small, Image.Exif())
+    # The coded picture zeroed: what is left is a header over garbage, so only a check
+    # made before decoding can call it too large rather than broken.
+    start = heic.index(b"mdat") + 4
+    garbage = heic[:start] + bytes(len(heic) - start)
+    assert rejection(decode_image, garbage, LIMITS).reason is ReasonCode.DECODE_ERROR
+    error = rejection(decode_image, garbage, LimitSettings(max_pixels=64 * 48 - 1))
+    assert error.reason is ReasonCode.TOO_LARGE
+    assert "64x48" in error.detail
+    assert "max_pixels" in error.detail
+    error = rejection(decode_image, garbage, LimitSettings(max_side_px=63))
+    assert (error.reason, "max_side_px" in error.detail) == (ReasonCode.TOO_LARGE, True)
+
+
+def test_heic_with_two_pictures_is_over_max_frames() -> None:
+    first, second = Image.new("RGB", (16, 16), "red"), Image.new("RGB", (16, 16), "blue")
+    out = io.BytesIO()
+    first.save(out, format="HEIF", save_all=True, append_images=[second])
+    error = rejection(decode_image, out.getvalue(), LIMITS)
+    assert error.reason is ReasonCode.TOO_LARGE
+    assert "2 frames" in error.detail
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", pytest.param("AVIF", marks=needs_avif)])
+def test_truncated_phone_image_is_a_named_decode_error(fmt: str) -> None:
+    data = encoded(Image.effect_noise((64, 64), 64).convert("RGB"), fmt)
+    error = rejection(decode_image, data[: len(data) // 2], LIMITS)
+    assert error.reason is ReasonCode.DECODE_ERROR
+    # Cut in its header or in its picture, the detail says which format it was.
+    assert fmt in error.detail
+
+
+def test_without_their_decoders_heif_and_avif_are_refused_by_name(tmp_path: Path) -> None:
+    # A fresh interpreter in which pillow-heif and Pillow's libavif binding cannot be
+    # imported (None in sys.modules makes an import fail), as on a machine without them.
+    heic = tmp_path / "selfie.heic"
+    heic.write_bytes(encoded(Image.new("RGB", (8, 8), "red"), "HEIF"))
+    files = [str(heic)]
+    if AVIF_DECODER:
+        avif = tmp_path / "selfie.avif"
+        avif.write_bytes(encoded(Image.new("RGB", (8, 8), "red"), "AVIF"))
+        files.append(str(avif))
+    script = (
+        "import sys\n"
+        "sys.modules['pillow_heif'] = None\n"
+        "sys.modules['PIL._avif'] = None\n"
+        "from pathlib import Path\n"
+        "from agents.errors import Rejected\n"
+        "from agents.stages import imageio\n"
+        "from schemas.settings import LimitSettings\n"
+        "print(imageio.HEIF_DECODER, imageio.AVIF_DECODER, ','.join(imageio.ALLOWED_FORMATS))\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        imageio.decode_image(Path(name).read_bytes(), LimitSettings())\n"
+        "    except Rejected as exc:\n"
+        "        print(exc.reason.value, exc.detail)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *files],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[4],
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "False False JPEG,MPO,PNG,WEBP,GIF,BMP,TIFF"
+    assert lines[1].startswith("decode_error ")
+    assert (
+        "looks like HEIF/HEIC, and no HEIF decoder is installed (pip install pillow-heif)"
+        in lines[1]
+    )
+    if AVIF_DECODER:
+        assert lines[2].startswith("decode_error ")
+        assert "looks like AVIF, and this Pillow has no AVIF decoder" in lines[2]
+
+
+def test_allowed_formats_name_the_phone_formats_decodable_here() -> None:
+    assert ("HEIF" in ALLOWED_FORMATS) == HEIF_DECODER
+    assert HEIF_DECODER  # pillow-heif is a dependency of the project
+    assert ("AVIF" in ALLOWED_FORMATS) == AVIF_DECODER

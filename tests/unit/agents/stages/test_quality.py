@@ -23,6 +23,8 @@ SCORES = {
     "detection_prob",
     "n_faces",
     "second_face_ratio",
+    "outside_share",
+    "landmarks_outside",
     "sharpness",
     "brightness",
     "clipped_fraction",
@@ -69,6 +71,8 @@ def test_every_real_portrait_passes_with_default_settings(
         assert report.face is portrait_faces[name][0]
         assert report.scores["n_faces"] == 1.0
         assert report.scores["sharpness"] > Q.min_sharpness
+        assert report.scores["outside_share"] == 0.0, name
+        assert report.scores["landmarks_outside"] == 0.0, name
 
 
 def test_no_face_is_rejected_at_detect(london: CleanImage) -> None:
@@ -212,3 +216,95 @@ def test_rotated_photo_has_known_roll_and_can_fail_pose(
     assert (err.reason, err.stage) == (ReasonCode.BAD_POSE, Stage.QUALITY)
     assert err.detail.startswith("roll ")
     assert "S2A_QUALITY__MAX_ROLL_DEG" in err.detail
+
+
+# --- faces cut by the frame ------------------------------------------------------------------
+
+
+def _crop_side(pixels: np.ndarray, box: tuple[float, ...], side: str, share: float) -> np.ndarray:
+    """The photo cut so that ``share`` of the face box's width (height) lies beyond ``side``;
+    a negative share leaves that much margin between the box and the new edge."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1, y2 - y1
+    if side == "left":
+        return pixels[:, round(x1 + share * width) :]
+    if side == "right":
+        return pixels[:, : round(x2 - share * width)]
+    if side == "top":
+        return pixels[round(y1 + share * height) :, :]
+    return pixels[: round(y2 - share * height), :]
+
+
+@pytest.mark.parametrize("side", ["left", "right", "top", "bottom"])
+def test_face_leaving_the_frame_by_30_percent_is_cut_off(
+    detector: MtcnnDetector, london: CleanImage, london_face: Detection, side: str
+) -> None:
+    image = _image(_crop_side(london.pixels, london_face.box, side, 0.30))
+    [faces] = detector.detect([image])
+    assert len(faces) == 1  # the detector still finds the face: only quality can refuse it
+    report = measure(image, faces)
+    assert report.scores["outside_share"] > Q.max_outside_share
+    err = _rejection(image, faces)
+    assert (err.reason, err.stage) == (ReasonCode.FACE_CUT_OFF, Stage.QUALITY)
+    share = f"{report.scores['outside_share']:.0%} of the face box beyond the image's edge"
+    assert share in err.detail
+    assert f"at most {Q.max_outside_share:.0%}, S2A_QUALITY__MAX_OUTSIDE_SHARE" in err.detail
+
+
+def test_face_with_a_landmark_outside_is_cut_off(
+    detector: MtcnnDetector, london: CleanImage, london_face: Detection
+) -> None:
+    # Cut through the left eye: the detector places that eye beyond the new left edge.
+    eye_x = float(london_face.landmarks[0, 0])
+    image = _image(london.pixels[:, round(eye_x) + 4 :])
+    [faces] = detector.detect([image])
+    assert len(faces) == 1
+    report = measure(image, faces)
+    assert report.scores["landmarks_outside"] >= 1
+    err = _rejection(image, faces)
+    assert (err.reason, err.stage) == (ReasonCode.FACE_CUT_OFF, Stage.QUALITY)
+    assert f"{int(report.scores['landmarks_outside'])} of 5 landmarks outside" in err.detail
+    assert "S2A_QUALITY__MAX_OUTSIDE_SHARE" in err.detail
+
+
+def test_one_landmark_outside_is_cut_off_whatever_the_box(
+    london: CleanImage, london_face: Detection
+) -> None:
+    # Even with a box inside (and any share allowed), a landmark past the edge is refused.
+    marks = london_face.landmarks.copy()
+    marks[4, 0] = london.width + 1.0
+    err = _rejection(
+        london,
+        [dataclasses.replace(london_face, landmarks=marks)],
+        Q.model_copy(update={"max_outside_share": 1.0}),
+    )
+    assert err.reason is ReasonCode.FACE_CUT_OFF
+    assert err.detail.startswith("face cut by the frame: 1 of 5 landmarks outside the image")
+
+
+@pytest.mark.parametrize("side", ["left", "right", "top", "bottom"])
+def test_whole_face_near_the_edge_passes(
+    detector: MtcnnDetector, london: CleanImage, london_face: Detection, side: str
+) -> None:
+    # The box 10% of its side from the new edge: the face is whole, only the padding of its
+    # crops will mirror (plain background).
+    image = _image(_crop_side(london.pixels, london_face.box, side, -0.10))
+    [faces] = detector.detect([image])
+    assert len(faces) == 1
+    report = assess(image, faces, Q)
+    assert report.scores["landmarks_outside"] == 0.0
+    assert report.scores["outside_share"] <= Q.max_outside_share
+
+
+def test_outside_share_threshold_is_the_setting(
+    detector: MtcnnDetector, london: CleanImage, london_face: Detection
+) -> None:
+    # A bottom cut of 10% of the box passes by default and fails under a stricter setting.
+    image = _image(_crop_side(london.pixels, london_face.box, "bottom", 0.10))
+    [faces] = detector.detect([image])
+    report = assess(image, faces, Q)
+    assert 0.05 < report.scores["outside_share"] <= Q.max_outside_share
+    assert report.scores["landmarks_outside"] == 0.0
+    err = _rejection(image, faces, Q.model_copy(update={"max_outside_share": 0.05}))
+    assert err.reason is ReasonCode.FACE_CUT_OFF
+    assert "(at most 5%, S2A_QUALITY__MAX_OUTSIDE_SHARE)" in err.detail
