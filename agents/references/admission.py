@@ -209,6 +209,8 @@ def admit(
     # Content-addressed: putting an image that is already stored is a no-op, so an
     # ``exists`` file changes nothing, and a refused one never got this far.
     original = blobs.put(encode_png(pixels))
+    # The statistics shrink the region themselves (never enlarging it); the palette
+    # histogram is taken at STATS_SIDE.
     small = st.resize_square(region, st.STATS_SIDE)
     return Candidate(
         index=index,
@@ -222,7 +224,7 @@ def admit(
         region_name=region_name,
         box=region_box,
         original=original,
-        stats=st.measure(small),
+        stats=st.measure(region),
         histogram=st.lab_histograms(small),
     )
 

@@ -1,12 +1,15 @@
 """The catalog: SQL reads and writes of references, their labels and the library versions.
 
 :class:`Catalog` lists and gets references, their labels and the library versions, and
-records a new version with its references and labels in one transaction. It reads no
-image and builds no index; :class:`~agents.references.library.RefLibrary` does both.
+records a new version in one transaction: with its new references and labels
+(:meth:`Catalog.record_version`), or with one reference's status set by a person
+(:meth:`Catalog.record_status`). It reads no image and builds no index;
+:class:`~agents.references.library.RefLibrary` does both.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +27,12 @@ from schemas.labels import LabelSource
 from schemas.reasons import RefReason, RefStatus
 from schemas.tables import AnimeRef, LibraryVersion, RefLabel
 
-__all__ = ["ActiveRef", "Catalog"]
+__all__ = ["MIN_PREFIX", "ActiveRef", "Catalog"]
+
+#: A reference may be named by a prefix of its id this long or longer (``refs list``
+#: shows 8 characters).
+MIN_PREFIX = 8
+_ID_PREFIX = re.compile(r"^[0-9a-f-]+$")
 
 _VERSIONS: Table = SQLModel.metadata.tables[LibraryVersion.__tablename__]
 _REFS: Table = SQLModel.metadata.tables[AnimeRef.__tablename__]
@@ -82,6 +90,24 @@ class Catalog:
         with sql_errors("labels_of"), self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
         return [RefLabel.model_validate(dict(row)) for row in rows]
+
+    def resolve(self, ref: str) -> AnimeRef:
+        """The reference ``ref`` names: its id, or a unique prefix of at least
+        :data:`MIN_PREFIX` characters of it (as ``s2a refs list`` shows)."""
+        key = ref.strip().lower()
+        if len(key) < MIN_PREFIX or not _ID_PREFIX.match(key):
+            raise InvalidRequest(
+                f"{ref!r} is not a reference id: give the id or its first {MIN_PREFIX}+ "
+                "characters, as `s2a refs list` shows them"
+            )
+        statement = select(_REFS).where(_REFS.c.ref_id.startswith(key)).limit(2)
+        with sql_errors("resolve"), self._engine.connect() as connection:
+            rows = connection.execute(statement).mappings().all()
+        if not rows:
+            raise InvalidRequest(f"no reference {ref!r} in the library (see `s2a refs list`)")
+        if len(rows) > 1:
+            raise InvalidRequest(f"{ref!r} names more than one reference; give more of the id")
+        return AnimeRef.model_validate(dict(rows[0]))
 
     def statuses(self, ref_ids: Sequence[str]) -> dict[str, str]:
         """The stored status of each of ``ref_ids`` the library holds (any style)."""
@@ -159,6 +185,63 @@ class Catalog:
                 raise VersionConflict(
                     f"another refs add committed version {version} or one of these images "
                     f"first; run the command again ({type(exc.orig).__name__})"
+                ) from exc
+
+    def record_status(
+        self,
+        ref: AnimeRef,
+        *,
+        status: RefStatus,
+        reason: RefReason | None,
+        detail: str | None,
+        by: str,
+        at: datetime,
+        note: str,
+        base: int | None,
+        version: int,
+        location: str,
+    ) -> None:
+        """Make ``version`` current with ``ref`` set to ``status`` by ``by`` at ``at``, if
+        ``base`` is still the current version and ``ref`` still has the status it was read
+        with (another writer got there first otherwise: :class:`VersionConflict`)."""
+        version_row = {
+            "version": version,
+            "created_at": at,
+            "added": int(status == RefStatus.ACTIVE),
+            "quarantined": int(status == RefStatus.QUARANTINED),
+            "note": truncate(note, 512),
+            "index_location": location,
+        }
+        change = (
+            _REFS.update()
+            .where(_REFS.c.ref_id == ref.ref_id, _REFS.c.status == ref.status)
+            .values(
+                status=status,
+                reason=None if reason is None else reason.value,
+                detail=None if detail is None else truncate(detail, MAX_DETAIL),
+                status_by=by,
+                status_at=at,
+            )
+        )
+        with sql_errors(f"commit of library version {version}"):
+            try:
+                with self._writer.begin() as connection:
+                    current = _max_version(connection)
+                    if current != base:
+                        raise VersionConflict(
+                            f"library version {current} appeared while version {version} was "
+                            "being built; run the command again"
+                        )
+                    connection.execute(_VERSIONS.insert(), version_row)
+                    if connection.execute(change).rowcount != 1:
+                        raise VersionConflict(
+                            f"reference {ref.ref_id} changed status meanwhile; list it and "
+                            "run the command again"
+                        )
+            except IntegrityError as exc:
+                raise VersionConflict(
+                    f"another writer committed library version {version} first; run the "
+                    f"command again ({type(exc.orig).__name__})"
                 ) from exc
 
     # Last in the class: a method named ``list`` hides the builtin from the annotations of

@@ -1,7 +1,9 @@
-"""``s2a refs add | list``: the anime reference library."""
+"""``s2a refs add | list | quarantine | reinstate``: the anime reference library."""
 
 from __future__ import annotations
 
+import getpass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,23 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
+def _user() -> str:
+    """Who runs the command, for --by's default (the login name; 'unknown' without one)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _when(at: datetime | None) -> str | None:
+    """When a person set the status (UTC, to the minute); None when the check set it."""
+    return None if at is None else at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
 @click.group()
 def refs() -> None:
-    """The anime reference library: add licensed reference images per style, list them."""
+    """The anime reference library: add licensed reference images per style, list them,
+    and overrule the style check by hand (quarantine, reinstate)."""
 
 
 @refs.command("add")
@@ -120,9 +136,14 @@ def add(
 @click.option("--json", "as_json", is_flag=True, help="a JSON array on stdout")
 @click.pass_context
 def list_refs(ctx: click.Context, style: str | None, status: str | None, as_json: bool) -> None:
-    """References with their style, status, license and credit, oldest first."""
+    """References with their style, status, license and credit, oldest first.
+
+    BY and AT name who set the status by hand and when (UTC); empty when the style check
+    set it. With --json they are status_by and status_at.
+    """
     rows = _library(settings_of(ctx)).list(style=style, status=status)
     if as_json:
+        # status_by and status_at are null unless a person set the status by hand.
         emit_json([row.model_dump(mode="json") for row in rows])
         return
     emit_table(
@@ -138,8 +159,74 @@ def list_refs(ctx: click.Context, style: str | None, status: str | None, as_json
                 f"{r.width}x{r.height}",
                 None if r.outlier_score is None else f"{r.outlier_score:.1f}",
                 r.library_version,
+                r.status_by,
+                _when(r.status_at),
             )
             for r in rows
         ],
-        ("ref", "style", "status", "reason", "license", "author", "region", "size", "z", "v"),
+        (
+            "ref",
+            "style",
+            "status",
+            "reason",
+            "license",
+            "author",
+            "region",
+            "size",
+            "z",
+            "v",
+            "by",
+            "at",
+        ),
     )
+
+
+def _show(change: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(change.as_dict())
+        return
+    emit_table(
+        [
+            (
+                change.ref_id[:8],
+                change.style,
+                f"{change.previous.value} -> {change.status.value}",
+                change.by,
+                _when(change.at),
+                change.library_version,
+                change.detail,
+            )
+        ],
+        ("ref", "style", "status", "by", "at", "v", "detail"),
+    )
+
+
+@refs.command("quarantine")
+@click.argument("ref")
+@click.option("--reason", required=True, help="why, in words (kept as the reference's detail)")
+@click.option("--by", "by", default=None, help="who decides (default: your login name)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+@click.pass_context
+def quarantine(ctx: click.Context, ref: str, reason: str, by: str | None, as_json: bool) -> None:
+    """Take an active reference out of matching, overruling the style check.
+
+    REF is a reference id or its first 8+ characters (as `s2a refs list` shows). Makes a
+    new library version whose index no longer holds it; who and when are recorded.
+    """
+    change = _library(settings_of(ctx)).quarantine(ref, reason=reason, by=by or _user())
+    _show(change, as_json)
+
+
+@refs.command("reinstate")
+@click.argument("ref")
+@click.option("--by", "by", default=None, help="who decides (default: your login name)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+@click.pass_context
+def reinstate(ctx: click.Context, ref: str, by: str | None, as_json: bool) -> None:
+    """Put a quarantined reference back into matching, overruling the style check.
+
+    REF is a reference id or its first 8+ characters. Makes a new library version whose
+    index holds it again; who and when are recorded.
+    """
+    change = _library(settings_of(ctx)).reinstate(ref, by=by or _user())
+    _show(change, as_json)
