@@ -23,7 +23,7 @@ from agents.labelheads import (
     heads_path,
     model_labels,
 )
-from agents.records import ValidUpload
+from agents.records import EmbeddingSpace, ValidUpload
 from agents.stores.db import create_engine_for
 from agents.stores.faces import FACE_VECTOR, FaceIndex
 from agents.stores.repository import Repository
@@ -199,7 +199,8 @@ def test_model_labels_are_vocabulary_rows(
 
 # -- the command line -----------------------------------------------------------------------
 
-EMBEDDER = "inception_resnet_v1/file=vggface2.pt/sha256=0123456789ab"
+EMBEDDER = "inception-resnet-v1/sha256=0123456789ab"
+SPACE = EmbeddingSpace(EMBEDDER, 512)
 
 
 def _upload(i: int, now: datetime) -> ValidUpload:
@@ -252,13 +253,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     upgrade(settings.sql_url)
     engine = create_engine_for(settings.sql_url)
     repository = Repository(engine)
-    index = FaceIndex.from_settings(settings)
+    index = FaceIndex.from_settings(settings, SPACE)
     x, y = _clusters(61, ("female", "male"), spread=1.0, seed=11)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     human = []
     for i in range(61):
         upload = _upload(i, start)
-        embedder = "inception_resnet_v1/random-init/seed=0" if i == 0 else EMBEDDER
+        embedder = "inception-resnet-v1/random-init/seed=0" if i == 0 else EMBEDDER
         face = _face(upload, embedder, start + timedelta(minutes=i))
         rows = [
             Label(
@@ -335,7 +336,7 @@ def _s2a(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_train_while_the_store_is_held_says_to_stop_the_worker(home: Path) -> None:
     # The worker holds the Qdrant local store; here the test process does.
-    index = FaceIndex.from_settings(Settings(home=home))
+    index = FaceIndex.from_settings(Settings(home=home), SPACE)
     try:
         result = _s2a(home, "labels", "train")
     finally:

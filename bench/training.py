@@ -1,0 +1,98 @@
+"""Training throughput of pix2pix-lora: samples/s of a base run and of a lora run.
+
+Builds a snapshot of real test images (15 train + 4 validation London-set portraits with
+anime references, as the trainer tests do), then for each thread count runs ``base`` for
+``--steps`` steps and ``lora`` on that base for as many, through the same
+``main(parse_args([...]))`` the CLI and the scheduler call. samples/s counts training steps
+only (data loading included; start-up, checkpoints and sample grids excluded), as the run's
+``result.json`` reports it (the first step's one-off start-up cost included).
+
+Usage:  python bench/training.py [--steps 20] [--resolution 128] [--batch-size 4]
+            [--threads 1,2] [--json OUT]
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "unit" / "trainer"))
+
+from snapshot_fixture import make_snapshot  # noqa: E402
+
+from trainer.families.pix2pix_lora.train import main, parse_args  # noqa: E402
+
+
+def _run(manifest: Path, mode: str, out: Path, flags: list[str]) -> dict[str, Any]:
+    return main(parse_args([mode, "--manifest", str(manifest), "--out", str(out), *flags]))
+
+
+def bench(steps: int, resolution: int, batch: int, threads: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        snapshot = make_snapshot(root / "home", n_train=15, n_validation=4)
+        for count in threads:
+            flags = [
+                "--steps", str(steps), "--resolution", str(resolution),
+                "--batch-size", str(batch), "--threads", str(count),
+                "--checkpoint-every", str(steps + 1), "--samples", "2",
+            ]  # fmt: skip
+            base = root / f"base-{count}"
+            result = _run(snapshot.manifest_path, "base", base, flags)
+            rows.append(_row("base", count, resolution, batch, steps, result))
+            flags += ["--base", str(base)]
+            result = _run(snapshot.manifest_path, "lora", root / f"lora-{count}", flags)
+            rows.append(_row("lora", count, resolution, batch, steps, result))
+    return rows
+
+
+def _row(
+    mode: str, threads: int, resolution: int, batch: int, steps: int, result: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "threads": threads,
+        "resolution": resolution,
+        "batch": batch,
+        "steps": steps,
+        "samples_per_s": result["samples_per_s"],
+        "trainable": result["parameters"]["trainable"],
+        "parameters": result["parameters"]["generator"],
+    }
+
+
+def main_cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = bench(
+        args.steps, args.resolution, args.batch_size, [int(t) for t in args.threads.split(",")]
+    )
+    lines = [
+        "| mode | threads | px | batch | steps | samples/s | trainable / all params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['mode']} | {r['threads']} | {r['resolution']} | {r['batch']} | {r['steps']} | "
+        f"{r['samples_per_s']:.2f} | {r['trainable']:,} / {r['parameters']:,} |"
+        for r in rows
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main_cli()

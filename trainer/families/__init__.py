@@ -1,0 +1,79 @@
+"""Model families the trainer can train, by name: each is a linear training script
+(``parse_args(argv, defaults) -> args``, ``main(args) -> result``) and its model builder.
+
+    pix2pix-lora   the embedded default: a compact residual U-Net generator with peft LoRA
+                   adapters, trained with a PatchGAN on a CPU in minutes
+                   (:mod:`trainer.families.pix2pix_lora`)
+
+A family's modules are imported only when it is asked for (``torch``, ``peft`` and
+``accelerate`` take seconds to import), so listing families costs nothing. A new family
+(sd-lora: diffusers img2img / InstructPix2Pix LoRA) adds one :class:`Family` entry whose
+modules follow the same contract; the scheduler and ``s2a train`` then run it unchanged.
+
+Example::
+
+    family = get_family("pix2pix-lora")
+    result = family.main(family.parse_args(["base", "--manifest", m, "--out", run]))
+    generator = family.build_model()
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.settings import TrainSettings
+from trainer.errors import TrainingConfigError
+
+ParseArgs = Callable[[Sequence[str] | None, TrainSettings | None], argparse.Namespace]
+Main = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A family by the modules that hold its script and its model."""
+
+    name: str
+    train_module: str
+    model_module: str
+    description: str
+
+    @property
+    def parse_args(self) -> ParseArgs:
+        parse: ParseArgs = importlib.import_module(self.train_module).parse_args
+        return parse
+
+    @property
+    def main(self) -> Main:
+        run: Main = importlib.import_module(self.train_module).main
+        return run
+
+    @property
+    def build_model(self) -> Callable[..., Any]:
+        build: Callable[..., Any] = importlib.import_module(self.model_module).build_model
+        return build
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "pix2pix-lora",
+            "trainer.families.pix2pix_lora.train",
+            "trainer.families.pix2pix_lora.model",
+            "residual U-Net over a classical stylisation, PatchGAN, peft LoRA; trains on a CPU",
+        ),
+    )
+}
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; :class:`TrainingConfigError` lists the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        known = ", ".join(sorted(FAMILIES))
+        raise TrainingConfigError(f"unknown model family {name!r}; families are: {known}") from None

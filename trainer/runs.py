@@ -1,0 +1,167 @@
+"""Run directories of the training families: layout, checkpoints, loss curves, sample grids.
+
+One run, one directory (``settings.train_dir/<name>`` or ``--out``)::
+
+    run.json                 what was trained from what: family, mode, snapshot, base and
+                             parent hashes, LoRA settings, flags; ``status`` running |
+                             stopped | complete
+    losses.jsonl             one JSON object per step (every loss term, lr, seconds)
+    losses.png               the loss curves
+    samples/step-NNNNNN.png  validation grids at each checkpoint, samples/final.png at the end
+    checkpoints/step-NNNNNN/ accelerate state (models, optimizers, LR schedulers, RNG
+                             states) + trainer_state.json (step, data position); the newest
+                             ``keep`` are kept, each written beside and renamed into place
+    result.json              the summary a finished run returns (also ``s2a train --json``)
+
+plus the family's outputs (pix2pix-lora: ``generator.safetensors`` + ``generator.json`` of a
+base run, ``adapter/`` of a lora run, ``discriminator.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw
+
+from trainer.errors import CheckpointError
+
+RUN_JSON = "run.json"
+RESULT_JSON = "result.json"
+LOSSES = "losses.jsonl"
+LOSS_PLOT = "losses.png"
+SAMPLES = "samples"
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+
+_CHECKPOINT = re.compile(r"^step-(\d{6,})$")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not JSON: {exc}") from exc
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's complete checkpoints as ``(step, path)``, oldest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before :func:`commit_checkpoint` names it."""
+    path = run_dir / CHECKPOINTS / f".{checkpoint_name(step)}.tmp"
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def commit_checkpoint(run_dir: Path, staging: Path, step: int, keep: int) -> Path:
+    """Rename a written checkpoint into place and drop all but the newest ``keep``."""
+    final = run_dir / CHECKPOINTS / checkpoint_name(step)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    for _, old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def append_losses(run_dir: Path, row: dict[str, float]) -> None:
+    with (run_dir / LOSSES).open("a") as handle:
+        handle.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def read_losses(run_dir: Path, upto_step: int | None = None) -> list[dict[str, float]]:
+    path = run_dir / LOSSES
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if upto_step is None or r["step"] <= upto_step]
+
+
+def truncate_losses(run_dir: Path, step: int) -> None:
+    """Keep the loss rows up to ``step``: a resumed run redoes the steps after it."""
+    rows = read_losses(run_dir, step)
+    tmp = run_dir / f".{LOSSES}.tmp"
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(run_dir / LOSSES)
+
+
+def plot_losses(rows: Sequence[dict[str, float]], path: Path, terms: Sequence[str]) -> None:
+    """One panel per loss term over steps (raw and a 20-step moving average), PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: runs go to files, and on servers
+    import matplotlib.pyplot as plt
+
+    present = [t for t in terms if any(t in r for r in rows)]
+    columns = 3
+    lines = max(1, -(-len(present) // columns))
+    figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.6 * lines), squeeze=False)
+    for ax in axes.flat[len(present) :]:
+        ax.axis("off")
+    for ax, term in zip(axes.flat, present, strict=False):
+        steps = np.array([r["step"] for r in rows if term in r])
+        values = np.array([r[term] for r in rows if term in r])
+        ax.plot(steps, values, color="0.75", linewidth=0.8)
+        if len(values) >= 5:
+            window = min(20, len(values))
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], smooth, color="C0", linewidth=1.5)
+        ax.set_title(term, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def sample_grid(
+    rows: Sequence[Sequence[npt.NDArray[np.uint8]]], columns: Sequence[str], path: Path
+) -> None:
+    """Images side by side, one row per sample, column titles on top; PNG.
+
+    Every image is H x W x 3 uint8 of one size (the training resolution)."""
+    if not rows:
+        return
+    height, width = rows[0][0].shape[:2]
+    title = 14
+    grid = Image.new("RGB", (width * len(columns), title + height * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, name in enumerate(columns):
+        draw.text((c * width + 3, 1), name, fill="black")
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            grid.paste(Image.fromarray(image), (c * width, title + r * height))
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format="PNG")
+    tmp.replace(path)
