@@ -3,7 +3,11 @@
     PipelineError
      ├── Rejected (ValueError)                 this upload ends 'rejected' with a reason code
      ├── ModelWeightsMissing (FileNotFoundError)
-     │                                         a configured weights file is absent; says where
+     │    │                                    a configured weights file is absent; says where
+     │    └── PackageModelMissing              a model file an installed package should ship
+     │                                         is absent; says which and how to install it
+     ├── EmbedderMismatch (ValueError)         a store or index holds another embedder's
+     │                                         vectors; says which and how to move them
      ├── StorageError (RuntimeError) [retry]   SQL, Qdrant or the blob store failed: the worker
      │    │                                    stops without committing, so nothing is lost
      │    └── RefVersionMissing (FileNotFoundError)
@@ -81,6 +85,44 @@ class ModelWeightsMissing(PipelineError, FileNotFoundError):
         where = f"at {path}" if path is not None else "(no path configured)"
         super().__init__(f"{model} weights not found {where}; set {setting} to a local file. {how}")
         self.path = path
+
+
+class PackageModelMissing(ModelWeightsMissing):
+    """A model file that an installed package ships is missing (package absent or broken).
+
+    Example::
+
+        raise PackageModelMissing("dlib ResNet", "face_recognition_models",
+                                  Path(".../models/dlib_face_recognition_resnet_model_v1.dat"))
+    """
+
+    def __init__(self, model: str, package: str, path: Path | None) -> None:
+        where = f"at {path}" if path is not None else f"(package {package} is not installed)"
+        PipelineError.__init__(
+            self,
+            f"{model} model file not found {where}; install it with "
+            f"`pip install {package}` (the Makefile's install step does)",
+        )
+        self.path = path
+
+
+class EmbedderMismatch(PipelineError, ValueError):
+    """A vector store or index was built by another embedder; its vectors are not comparable.
+
+    Example::
+
+        raise EmbedderMismatch("reference index version 3", "inception-resnet-v1/...",
+                               "dlib-resnet/...", "add the references again with this embedder")
+    """
+
+    def __init__(self, what: str, found: str | None, expected: str, fix: str) -> None:
+        built = f"embedder {found!r}" if found else "an embedder it does not record"
+        super().__init__(
+            f"{what} was built by {built}, not by {expected!r} (S2A_MODELS__EMBEDDER); "
+            f"vectors of two embedders cannot be compared: {fix}"
+        )
+        self.found = found
+        self.expected = expected
 
 
 # -- stores --------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Label heads: small classifiers on face embeddings, trained on human-reviewed labels.
 
 One head per learnable label (:data:`schemas.labels.LEARNABLE`) that had enough reviewed
-faces: a multinomial logistic regression on the 512-d embedding, its probabilities
-calibrated by a temperature, so a reported confidence of 0.9 means about 90% right on faces
-the head has not seen. This module loads heads and applies them; training them (the method,
-the held-out metrics, the calibration) is :mod:`trainer.labels.heads` (``s2a labels train``).
+faces: a multinomial logistic regression on the face embedding (the embedder's ``dim``:
+128 for dlib, 512 for InceptionResnetV1), its probabilities calibrated by a temperature, so
+a reported confidence of 0.9 means about 90% right on faces the head has not seen. This
+module loads heads and applies them; training them (the method, the held-out metrics, the
+calibration) is :mod:`trainer.labels.heads` (``s2a labels train``).
 
 The predictions become ``model`` labels (:func:`model_labels`); they count only at or above
 ``settings.pairing.min_model_confidence`` (:func:`schemas.labels.resolve`), so an unsure

@@ -31,6 +31,7 @@ from agents.records import (
     AlignedFace,
     CleanImage,
     Detection,
+    EmbedInput,
     QualityReport,
     ValidUpload,
 )
@@ -38,7 +39,7 @@ from agents.sink import FaceStore
 from agents.stages.align import align
 from agents.stages.anonymize import read_image, strip_identity
 from agents.stages.detect import FaceDetector
-from agents.stages.embed import FaceEmbedder
+from agents.stages.embed import Embedder, build_embedder
 from agents.stages.imageio import decode_image
 from agents.stages.label import measured_labels
 from agents.stages.prepare import PreparedFace, prepare_face
@@ -127,7 +128,7 @@ class IngestPipeline:
         *,
         settings: Settings,
         detector: FaceDetector,
-        embedder: FaceEmbedder,
+        embedder: Embedder,
         store: FaceStore,
         repository: Repository,
         pseudonym_key: bytes,
@@ -151,10 +152,10 @@ class IngestPipeline:
         settings: Settings,
         *,
         detector: FaceDetector | None = None,
-        embedder: FaceEmbedder | None = None,
+        embedder: Embedder | None = None,
     ) -> IngestPipeline:
         """Load the models (unless given, already loaded) and open every store the
-        settings name."""
+        settings name; the faces collection is the embedder's own."""
         # Imported here so that importing this module stays cheap for the CLI.
         import torch
 
@@ -169,26 +170,24 @@ class IngestPipeline:
         settings.home.mkdir(parents=True, exist_ok=True)
         upgrade(settings.sql_url)
         repository = Repository(create_engine_for(settings.sql_url))
-        store = FaceStore(
-            BlobStore(settings.blob_dir),
-            FaceIndex.from_settings(settings),
-            repository,
-            duplicate_similarity=settings.worker.duplicate_similarity,
-        )
         models = settings.models
         log.info(
-            "loading models: detector %s, embedder weights %s, torch threads %d",
+            "loading models: detector %s, embedder %s, torch threads %d",
             models.detector,
-            models.embedder_weights or "random init",
+            embedder.name if embedder else models.embedder,
             torch.get_num_threads(),
+        )
+        embedder = embedder or build_embedder(models, settings.worker.embed_batch_size)
+        store = FaceStore(
+            BlobStore(settings.blob_dir),
+            FaceIndex.from_settings(settings, embedder.space),
+            repository,
+            duplicate_similarity=settings.worker.duplicate_similarity,
         )
         return cls(
             settings=settings,
             detector=detector or build_detector(models),
-            embedder=embedder
-            or FaceEmbedder(
-                models.embedder_weights, models.embedder_seed, settings.worker.embed_batch_size
-            ),
+            embedder=embedder,
             store=store,
             repository=repository,
             pseudonym_key=settings.resolve_pseudonym_key(),
@@ -285,7 +284,17 @@ class IngestPipeline:
         self._batched(list(self._live(items)), Stage.EMBED, self._embed_all)
 
     def _embed_all(self, items: Sequence[_Item]) -> None:
-        vectors = self.embedder.embed([_require(item.aligned).crops[EMBED_SIZE] for item in items])
+        # Each embedder reads its part: dlib the image and the detector's box (it aligns
+        # with its own predictor), InceptionResnetV1 the tight aligned crop.
+        faces = [
+            EmbedInput(
+                _require(item.image).pixels,
+                _require(item.report).face.box,
+                _require(item.aligned).crops[EMBED_SIZE],
+            )
+            for item in items
+        ]
+        vectors = self.embedder.embed(faces)
         for item, vector in zip(items, vectors, strict=True):
             item.vector = vector
 
@@ -328,6 +337,7 @@ class IngestPipeline:
             _require(item.prepared),
             detector=self.detector.name,
             embedder=self.embedder.name,
+            embedder_sha256=self.embedder.weights_sha256,
             random_init=self.embedder.random_init,
             measured=measured_labels(_require(item.report)),
             origin=item.incoming.origin,

@@ -6,6 +6,7 @@ Coordinates are always in the pixels of the decoded, EXIF-oriented image
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,13 +18,13 @@ from schemas.uploads import DeclaredAttributes, Source
 RGBImage = npt.NDArray[np.uint8]
 """H x W x 3, uint8, RGB."""
 
-# Model geometry, defined once: the embedder's input side, its vector size, and the aligned
+# Model geometry, defined once: the aligned crop InceptionResnetV1 reads, and the aligned
 # crop sizes stored for training. InceptionResnetV1 (facenet-pytorch) was trained on 160 px
-# crops and returns 512-d vectors; the training crops are the converters' two resolutions.
+# crops; the training crops are the converters' two resolutions. The length of an identity
+# vector is the embedder's own (:attr:`EmbeddingSpace.dim`): 128 for dlib, 512 for
+# InceptionResnetV1.
 EMBED_SIZE = 160
-"""Side of the aligned crop the embedder reads, pixels."""
-EMBED_DIM = 512
-"""Length of an identity embedding (float32, unit length)."""
+"""Side of the tight aligned crop made for the embedder, pixels."""
 TRAINING_SIZES = (256, 512)
 """Sides of the aligned crops stored for training, pixels."""
 ALIGN_SIZES = (EMBED_SIZE, *TRAINING_SIZES)
@@ -106,3 +107,51 @@ class AlignedFace:
 
     crops: dict[int, RGBImage]
     transforms: dict[int, list[list[float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedInput:
+    """One face as every embedder may need it; each reads its own part.
+
+    dlib's descriptor runs its 5-point predictor inside ``box`` on ``image`` and cuts its own
+    chip; InceptionResnetV1 reads the tight aligned ``crop``.
+    """
+
+    image: RGBImage
+    """the pixels ``box`` refers to (the decoded upload, or a stored aligned crop)"""
+    box: tuple[float, float, float, float]
+    """x1, y1, x2, y2 of the face in ``image``, pixels (the detector's box)"""
+    crop: RGBImage
+    """the face aligned with the tight template, :data:`EMBED_SIZE` px square"""
+
+
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSpace:
+    """Which vectors may be compared: those of one embedder with one set of weights.
+
+    Vectors of two spaces never share a collection or an index: every store is named by
+    :attr:`slug` and checks ``dim``.
+
+    Example::
+
+        space = EmbeddingSpace("dlib-resnet/sha256=1d9f3a5c2b7e", 128)
+        space.slug                  # 'dlib-resnet-sha256-1d9f3a5c2b7e'
+    """
+
+    name: str
+    """the embedder's name, as ``faces.embedder`` records it"""
+    dim: int
+    """length of its vectors (float32, unit length)"""
+
+    @property
+    def slug(self) -> str:
+        """``name`` in lowercase letters, digits and dashes: safe in collection names."""
+        return slug_of(self.name)
+
+
+def slug_of(embedder: str) -> str:
+    """An embedder name in lowercase letters, digits and dashes (``EmbeddingSpace.slug``)."""
+    return _NOT_SLUG.sub("-", embedder.lower()).strip("-")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
-from agents.errors import Rejected
+from agents.errors import EmbedderMismatch, Rejected
 from agents.records import TRAINING_SIZES, AlignedFace, CleanImage, QualityReport, ValidUpload
 from agents.stages.label import Measurement
 from agents.stages.prepare import PreparedFace, declared_labels, face_id_for
@@ -32,12 +32,12 @@ class FaceStore:
 
     Example::
 
-        store = FaceStore(BlobStore(settings.blob_dir), FaceIndex(client), Repository(engine),
-                          duplicate_similarity=0.985)
+        store = FaceStore(BlobStore(settings.blob_dir), FaceIndex(client, embedder.space),
+                          Repository(engine), duplicate_similarity=0.985)
         prepared = prepare_face(aligned)
         face = store.store(upload, image, report, aligned, vector, prepared, detector="mtcnn",
-                           embedder="inception_resnet_v1/random-init/seed=0", random_init=True,
-                           measured=measured_labels(report))
+                           embedder=embedder.name, embedder_sha256=embedder.weights_sha256,
+                           random_init=embedder.random_init, measured=measured_labels(report))
     """
 
     def __init__(
@@ -89,13 +89,25 @@ class FaceStore:
         *,
         detector: str,
         embedder: str,
+        embedder_sha256: str | None,
         random_init: bool,
         measured: Sequence[Measurement],
         origin: Origin | None = None,
     ) -> Face:
         """Write the face, its declared and ``measured`` labels; ``Rejected(duplicate)``
-        when it looks like a face of the same subject already stored."""
+        when it looks like a face of the same subject already stored.
+
+        ``embedder`` must be the one whose collection the index holds: a vector of another
+        space is refused (:class:`EmbedderMismatch`) before anything is written.
+        """
         self.check_duplicate(upload, prepared.signature)
+        if embedder != self.index.space.name:
+            raise EmbedderMismatch(
+                f"faces collection {self.index.collection!r}",
+                self.index.space.name,
+                embedder,
+                "open the FaceIndex of the embedder that made the vector",
+            )
         face_id = face_id_for(upload.upload_id)
         now = datetime.now(UTC)
         crops = {size: self.blobs.put(png) for size, png in prepared.pngs.items()}
@@ -119,6 +131,7 @@ class FaceStore:
             },
             embedder=embedder,
             embedder_random_init=random_init,
+            embedder_sha256=embedder_sha256,
             image_width=image.width,
             image_height=image.height,
             created_at=now,

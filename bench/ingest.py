@@ -5,6 +5,13 @@
 (b)  our whole stage chain in process, from encoded bytes to stored face
 (c)  the full stream: publish to the embedded broker, a Faust worker ingests
 
+(b) and (c) embed with the configured embedder (the default: dlib's descriptor); (a) and
+(a') with InceptionResnetV1, facenet-pytorch's own. Each embedder's cost per face is also
+measured on the same detected faces, in the same run: InceptionResnetV1 (random weights: the
+cost does not depend on them), dlib's descriptor as the pipeline runs it (5-point predictor,
+dlib's chip, the ResNet in PyTorch) and dlib's own ``compute_face_descriptor`` on the same
+chips, the path the PyTorch port replaces.
+
 Usage:  python bench/ingest.py [--images N] [--repeats R] [--skip-stream] [--json OUT]
 Prints a Markdown table (images/s, ratios against (a')) and per-stage milliseconds.
 """
@@ -108,6 +115,39 @@ def bare_batched(blobs: list[bytes], min_face_size: int = 20) -> Callable[[], No
     return run
 
 
+def embedder_costs(blobs: list[bytes], repeats: int) -> dict[str, float]:
+    """Milliseconds per face of each embedder, batches of 32, on the same detected faces."""
+    import dlib
+    import numpy as np
+
+    from agents.records import CleanImage, EmbedInput
+    from agents.stages.align import align
+    from agents.stages.detect import MtcnnDetector
+    from agents.stages.embed import DlibResnetEmbedder, InceptionEmbedder
+    from agents.stages.embed.dlib_resnet import model_files
+
+    detector = MtcnnDetector(max_side=640)
+    faces = []
+    for blob in blobs[:32]:
+        pixels = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8)
+        image = CleanImage(pixels, "JPEG")
+        [face, *_] = detector.detect([image])[0]
+        crop = align(image, face.landmarks, sizes=(160,)).crops[160]
+        faces.append(EmbedInput(pixels, face.box, crop))
+    ours = DlibResnetEmbedder(batch_size=32)
+    inception = InceptionEmbedder.seeded(0, batch_size=32)
+    chips = [ours.chip(face) for face in faces]
+    own = dlib.face_recognition_model_v1(str(model_files()[1]))
+    n = len(faces)
+    return {
+        "inception_resnet_v1": 1000 * timed(lambda: inception.embed(faces), repeats) / n,
+        "dlib_resnet": 1000 * timed(lambda: ours.embed(faces), repeats) / n,
+        "dlib_compute_face_descriptor": 1000
+        * timed(lambda: own.compute_face_descriptor(chips), repeats)
+        / n,
+    }
+
+
 def chain(blobs: list[bytes], home: Path) -> tuple[Callable[[], None], IngestPipeline]:
     settings = Settings(home=home)
     pipeline = IngestPipeline.build(settings)
@@ -175,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         # The same, with the smallest face our detector looks for (40 px): isolates what
         # the search floor buys from what the rest of our chain does.
         results["a_batched_40"] = len(blobs) / timed(bare_batched(blobs, 40), args.repeats)
+        results["embed_ms"] = {
+            k: round(v, 1) for k, v in embedder_costs(blobs, args.repeats).items()
+        }
         run, pipeline = chain(blobs, Path(tmp) / "chain")
         pipeline.times.seconds.clear()
         pipeline.times.uploads = 0
@@ -207,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     lines.append("")
     lines.append(
         "per-upload ms in (b): " + ", ".join(f"{k} {v}" for k, v in results["stage_ms"].items())
+    )
+    lines.append(
+        "embedder ms a face (batch 32): "
+        + ", ".join(f"{k} {v}" for k, v in results["embed_ms"].items())
     )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:

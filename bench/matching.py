@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from qdrant_client import QdrantClient  # noqa: E402
 
+from agents.records import EmbeddingSpace  # noqa: E402
 from agents.stores.refindex import (  # noqa: E402
     EDGE_TUNING,
     EdgeRefIndex,
@@ -64,6 +65,9 @@ from agents.stores.refindex import (  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
 DIM = 512
+#: The index records the embedder of its vectors; these are synthetic, of InceptionResnetV1's
+#: length (dlib's 128-d vectors only make every scan cheaper).
+SPACE = EmbeddingSpace("bench/synthetic-512", DIM)
 K = 10
 STYLES = tuple(f"style{i}" for i in range(8))
 GLASSES_YES = 0.25
@@ -224,14 +228,14 @@ def run_backend(
         build["how"] = "in memory"
 
         def build_in_memory() -> QdrantRefIndex:
-            out = QdrantRefIndex(QdrantClient(":memory:"), version=1)
+            out = QdrantRefIndex(QdrantClient(":memory:"), version=1, dim=DIM)
             out.upsert(points)
             return out
 
         index, build["build_s"] = timed(build_in_memory)
     else:
-        _, build["build_s"] = timed(lambda: publish_version(settings, 1, None, points))
-        index, build["open_s"] = timed(lambda: open_ref_index(settings, 1))
+        _, build["build_s"] = timed(lambda: publish_version(settings, 1, None, points, space=SPACE))
+        index, build["open_s"] = timed(lambda: open_ref_index(settings, 1, SPACE))
     queries = args.queries
     if backend == "qdrant-local" and n >= LOCAL_SCAN_SIZE:
         queries = min(queries, args.local_queries)
@@ -252,7 +256,9 @@ def run_backend(
                 for i, p in enumerate(points[:10])
             ]
             removed = [p.ref_id for p in points[10:20]]
-            _, build["next_s"] = timed(lambda: publish_version(settings, 2, 1, added, removed))
+            _, build["next_s"] = timed(
+                lambda: publish_version(settings, 2, 1, added, removed, space=SPACE)
+            )
     finally:
         index.close()
         shutil.rmtree(home, ignore_errors=True)
@@ -302,7 +308,7 @@ def run_sweep(lib: Library, n: int, args: argparse.Namespace, work: Path) -> lis
         shutil.rmtree(path, ignore_errors=True)
 
         def build(tuning: EdgeTuning = tuning, path: Path = path) -> None:
-            index = EdgeRefIndex.create(path, tuning=tuning)
+            index = EdgeRefIndex.create(path, dim=DIM, tuning=tuning)
             index.upsert(points)
             index.finish()
             index.close()
@@ -310,7 +316,7 @@ def run_sweep(lib: Library, n: int, args: argparse.Namespace, work: Path) -> lis
         _, build_s = timed(build)
         for ef in efs:
             searched = dataclasses.replace(tuning, search_ef=ef)
-            index = EdgeRefIndex.load(path, tuning=searched)
+            index = EdgeRefIndex.load(path, dim=DIM, tuning=searched)
             try:
                 for filtered in (False, True):
                     row = measure(index, lib, n, args.queries, filtered)

@@ -1,12 +1,13 @@
 """``s2a demo``: the whole pipeline on the embedded default, on bundled samples.
 
 Under a fresh ``<home>/demo``: loads the bundled anime references (two styles, with their
-licenses; one photo that is not anime, which the style check quarantines), starts a stack
-(broker, worker), publishes good selfies and bad uploads of many kinds (and one
-re-delivery), waits until every upload reaches its terminal state and every accepted face
-is paired for each style, then freezes the approved pairs into a dataset snapshot, exports
-it as an imagefolder and writes its report. It shows what became of each upload next to
-what was expected, and ends by naming the report.
+licenses; the style check quarantines the grayscale pencil sketch among them, and one
+photo that is not anime, added last), starts a stack (broker, worker), publishes good
+selfies and bad uploads of many kinds (and one re-delivery), waits until every upload
+reaches its terminal state and every accepted face is paired for each style, then freezes
+the approved pairs into a dataset snapshot, exports it as an imagefolder and writes its
+report. It shows what became of each upload next to what was expected, and ends by naming
+the report.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ class RefReason(StrEnum):
     """the --box does not lie inside the image"""
     STYLE_OUTLIER = "style_outlier"
     """stored but quarantined: a style statistic is far from the style's references"""
+    BY_HAND = "by_hand"
+    """quarantined by a person (``s2a refs quarantine``); ``detail`` holds their reason and
+    ``status_by``/``status_at`` who and when"""
 
 
 class ReasonCode(StrEnum):
@@ -77,6 +80,9 @@ class ReasonCode(StrEnum):
     NO_FACE = "no_face"
     MULTIPLE_FACES = "multiple_faces"
     FACE_TOO_SMALL = "face_too_small"
+    FACE_CUT_OFF = "face_cut_off"
+    """The face is partly outside the photo (a landmark beyond its edge, or more of the face
+    box than ``quality.max_outside_share``): its crops would mirror the edge into the face."""
     LOW_CONFIDENCE = "low_confidence"
     """A face was found, but the detector is not confident enough to train on it."""
     BLURRY = "blurry"

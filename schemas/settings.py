@@ -63,6 +63,18 @@ class QualitySettings(_Group):
         description="another face at least this fraction of the main face's size is "
         "'multiple_faces'; smaller background faces are ignored",
     )
+    max_outside_share: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="largest share of the face box's width (left/right) or height "
+        "(top/bottom) that may lie beyond the image's edge; more, or any landmark outside, is "
+        "'face_cut_off', since alignment would fill the missing part by mirroring the edge "
+        "(half-faces, a second mouth). Not 0, because MTCNN's box reaches past brow and "
+        "chin. On 8 real photos cropped on each side, 0.15 refused every face cut by 30% and "
+        "passed every whole face 10% of its box from an edge; at the left edge MTCNN reads "
+        "faces further out than they are (whole faces 5% from it read up to 0.20)",
+    )
     min_sharpness: float = Field(40.0, ge=0, description="variance of the Laplacian, face at 128px")
     min_brightness: float = Field(40.0, ge=0, le=255)
     max_brightness: float = Field(220.0, ge=0, le=255)
@@ -79,10 +91,16 @@ class ModelSettings(_Group):
     retinaface_weights: Path | None = Field(
         None, description="retinaface.pth for the retina-face PyTorch backend"
     )
-    embedder_weights: Path | None = Field(
-        None, description="InceptionResnetV1 state dict (e.g. VGGFace2); random init if unset"
+    embedder: Literal["dlib-resnet", "inception-resnet-v1", "random-init"] = Field(
+        "dlib-resnet",
+        description="face embedder: dlib's ResNet descriptor (128-d, from the installed "
+        "face_recognition_models package), InceptionResnetV1 from embedder_weights (512-d), "
+        "or a seeded random InceptionResnetV1 (512-d; tests and benchmarks only)",
     )
-    embedder_seed: int = 0
+    embedder_weights: Path | None = Field(
+        None, description="InceptionResnetV1 state dict (e.g. VGGFace2) for inception-resnet-v1"
+    )
+    embedder_seed: int = Field(0, description="initialisation seed of random-init")
     detect_max_side: int = Field(
         640,
         ge=160,
@@ -124,7 +142,11 @@ class RefSettings(_Group):
     )
     min_side_px: int = Field(128, gt=0, description="shorter side of the face region")
     outlier_z: float = Field(
-        3.5, gt=0, description="robust z-score (median/MAD) of a style statistic that quarantines"
+        3.5,
+        gt=0,
+        description="style check limit: a reference whose rendering composite z-score "
+        "(looks photographed / sketched; agents/references/style.py) passes it is quarantined; "
+        "one statistic alone needs 3x it, palette evidence only tips a composite within 1 of it",
     )
     min_style_size: int = Field(
         5, ge=2, description="references a style needs before outliers are judged against it"
@@ -166,6 +188,42 @@ class DatasetSettings(_Group):
         },
         description="label values a balanced dataset should hold; the report shows the gaps",
     )
+
+
+class TrainSettings(_Group):
+    """Converter training (``s2a train``): each value is the default of a training flag.
+
+    Defaults fit the embedded family (pix2pix-lora) on a CPU; a GPU run raises steps,
+    batch size and resolution. LoRA rank/alpha apply to new adapters only: a run that
+    warm-starts from a parent adapter keeps the parent's.
+    """
+
+    family: str = Field("pix2pix-lora", description="model family trained by `s2a train`")
+    steps: int = Field(2000, ge=1, description="optimizer steps of one run")
+    batch_size: int = Field(4, ge=1, description="pairs per step (per process)")
+    lr: float = Field(
+        2e-4, gt=0, description="Adam learning rate of a base run (pix2pix's, Isola et al. 2017)"
+    )
+    lora_lr: float = Field(
+        1e-3, gt=0, description="Adam learning rate of the LoRA adapters of a lora run"
+    )
+    resolution: int = Field(128, ge=32, le=512, description="training side in px")
+    progressive: bool = Field(
+        False, description="train the first half of the steps at half the resolution"
+    )
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r of new adapters")
+    lora_alpha: int = Field(8, ge=1, description="LoRA alpha (scale alpha / r)")
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per run")
+    replay_fraction: float = Field(
+        0.25, ge=0, lt=1, description="share of draws from replayed older pairs (lora runs)"
+    )
+    perceptual_weights: Path | None = Field(
+        None,
+        description="local torchvision VGG-16 state dict for a perceptual loss; unset = none "
+        "(nothing is downloaded)",
+    )
+    runs_dir: Path | None = Field(None, description="where runs go; unset = home/runs")
 
 
 class ReviewSettings(_Group):
@@ -214,6 +272,7 @@ class Settings(BaseSettings):
     pairing: PairingSettings = PairingSettings()
     dataset: DatasetSettings = DatasetSettings()
     review: ReviewSettings = ReviewSettings()
+    train: TrainSettings = TrainSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -255,6 +314,11 @@ class Settings(BaseSettings):
     @property
     def dataset_dir(self) -> Path:
         return self.home / "datasets"
+
+    @property
+    def train_dir(self) -> Path:
+        """Training runs: one folder per run (``s2a train``)."""
+        return self.train.runs_dir or self.home / "runs"
 
     @property
     def label_model_dir(self) -> Path:

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from agents.records import CleanImage, Detection
 from agents.stages.detect import MtcnnDetector
-from agents.stages.embed import FaceEmbedder
+from agents.stages.embed import DlibResnetEmbedder, InceptionEmbedder
 
 DATA = Path(__file__).parent / "data"
 REAL = DATA / "real"
@@ -69,5 +69,13 @@ def portrait_faces(
 
 
 @pytest.fixture(scope="session")
-def embedder() -> FaceEmbedder:
-    return FaceEmbedder(weights=None, seed=0, batch_size=8)
+def embedder() -> InceptionEmbedder:
+    """The seeded random-init InceptionResnetV1: deterministic, recognizes nobody. Tests
+    that rest on who a face is use :func:`dlib_embedder`."""
+    return InceptionEmbedder.seeded(seed=0, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def dlib_embedder() -> DlibResnetEmbedder:
+    """The default embedder, from the installed face_recognition_models package."""
+    return DlibResnetEmbedder(batch_size=8)

@@ -7,7 +7,14 @@
      ├── StorageError (RuntimeError) [retry]
      │                                     the database failed while reading or recording
      │                                     a snapshot; nothing half-written is kept
-     └── NotEnoughLabels (ValueError)      no label has enough reviewed faces for a head
+     ├── NotEnoughLabels (ValueError)      no label has enough reviewed faces for a head
+     ├── TrainingConfigError (ValueError)  training flags that do not fit together, or a
+     │                                     base model, adapter or weights file that is
+     │                                     missing or does not match; names the flag
+     └── CheckpointError (RuntimeError)    a run directory that cannot be started or
+                                           resumed: it already holds a run, it has no
+                                           checkpoint, or its checkpoint was made with
+                                           other settings
 
 ``[retry]`` errors also subclass :class:`~schemas.errors.Transient`: the same call may
 succeed later, unchanged. The others need different data or settings first.
@@ -32,3 +39,11 @@ class StorageError(TrainerError, Transient, RuntimeError):
 
 class NotEnoughLabels(TrainerError, ValueError):
     """No learnable label has enough reviewed faces to train a head."""
+
+
+class TrainingConfigError(TrainerError, ValueError):
+    """Training flags or model files that cannot work together; the message names the flag."""
+
+
+class CheckpointError(TrainerError, RuntimeError):
+    """A run directory that cannot be started or resumed as asked."""

@@ -8,9 +8,11 @@ in 0..1 and mixes two things:
   hair colour, glasses) that agree. When neither side has a comparable label it is 0.5:
   nothing known, neither for nor against.
 
-A random-initialised embedder (the offline default) gives every pair of images nearly the
-same cosine, so its similarity says nothing; the score then rests on label agreement alone
-and the candidate says so (``similarity_used``). Compatibility that must hold (glasses: a face
+Today the score rests on label agreement alone (:data:`SIMILARITY_WEIGHT` is 0): a photo
+and a drawing are two domains, and no embedder here has shown that its similarity across
+them means anything (see the constant). Every candidate still records its similarity. A
+random-initialised embedder gives every pair of images nearly the same cosine, so its
+similarity never counts, whatever the weight. Compatibility that must hold (glasses: a face
 with glasses pairs only with references drawn with glasses) is a search filter, not a score,
 so an incompatible reference is never considered at all.
 """
@@ -35,7 +37,14 @@ COMPARED: tuple[str, ...] = (
 #: Labels that must agree, enforced by the index filter when the face's value is known.
 REQUIRED: tuple[str, ...] = (LabelName.GLASSES,)
 #: Weight of the embedding similarity when the embedder is trained (the rest is labels).
-SIMILARITY_WEIGHT = 0.5
+#: 0, measured (bench/identity.py, BENCHMARKS.md "Identity"): with dlib's descriptor, photos
+#: lie 0.35-0.70 from the anime references (median 0.53, unit vectors), inside the band of
+#: two different people (0.33-0.78, median 0.57), and whether a reference shows the photo's
+#: expression (smiling or neutral) is no better than a coin toss from it: AUC 0.48 over 114
+#: London photos x the 16 references labelled smiling or neutral. A weight above 0 would
+#: only add noise to the ranking and to auto-approval; raise it when an embedder shows
+#: cross-domain signal.
+SIMILARITY_WEIGHT = 0.0
 #: Agreement when no label is comparable: no evidence either way.
 NO_EVIDENCE = 0.5
 
@@ -70,11 +79,16 @@ def label_agreement(face_labels: Mapping[str, str], ref_labels: Mapping[str, str
 
 
 def score_candidates(
-    hits: Sequence[RefHit], face_labels: Mapping[str, str], *, similarity_informative: bool
+    hits: Sequence[RefHit],
+    face_labels: Mapping[str, str],
+    *,
+    similarity_informative: bool,
+    similarity_weight: float = SIMILARITY_WEIGHT,
 ) -> list[Candidate]:
     """Every hit as a scored candidate, best first (ties broken by ref id, so the order is
-    the same on every run)."""
-    weight = SIMILARITY_WEIGHT if similarity_informative else 0.0
+    the same on every run). ``similarity_weight`` counts only when the embedder is
+    ``similarity_informative`` (trained, not random-init)."""
+    weight = similarity_weight if similarity_informative else 0.0
     candidates = []
     for hit in hits:
         similarity = max(0.0, min(1.0, (hit.score + 1.0) / 2.0))

@@ -31,6 +31,7 @@ from agents.pairing.store import (
     machine_decided,
     pair_id_for,
 )
+from agents.records import EmbeddingSpace
 from agents.stores.faces import FACE_VECTOR, FaceIndex
 from agents.stores.refindex import RefIndex, open_ref_index
 from schemas.labels import as_values, resolve
@@ -67,7 +68,7 @@ class Pairer:
         store: PairStore,
         faces: FaceIndex,
         *,
-        open_index: Callable[[Settings, int], RefIndex] = open_ref_index,
+        open_index: Callable[[Settings, int, EmbeddingSpace], RefIndex] = open_ref_index,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
@@ -180,12 +181,17 @@ class Pairer:
         )
 
     def _index_for(self, library: Library) -> RefIndex | None:
-        """The index of the current library version, reopened when a newer one appears."""
+        """The index of the current library version, reopened when a newer one appears.
+
+        Opened for the faces' embedding space: a version another embedder built is refused
+        (:class:`~agents.errors.EmbedderMismatch`), never searched with vectors it cannot
+        compare.
+        """
         if library.version is None:
             return None
         if self._index is None or self._index.version != library.version:
             self.close()
-            self._index = self._open_index(self.settings, library.version)
+            self._index = self._open_index(self.settings, library.version, self.faces.space)
             log.info("matching against reference library version %d", library.version)
         return self._index
 

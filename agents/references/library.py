@@ -12,6 +12,11 @@ Every file given to :meth:`RefLibrary.add` ends with exactly one :class:`RefOutc
   :mod:`agents.references.style`). It never mixes into a style's matches.
 * ``added``: active, stored and in the index.
 
+A person may overrule the check later: :meth:`RefLibrary.quarantine` takes an active
+reference out of the index (with a reason), :meth:`RefLibrary.reinstate` puts a
+quarantined one back; each records who and when on the reference and makes a new library
+version, published like an ``add``'s.
+
 A call that adds or quarantines anything makes a new library version. Order for crash
 safety: blobs first (content-addressed, rewriting them is a no-op), then the immutable
 index folder of the new version, then one SQL transaction that makes the version current.
@@ -39,6 +44,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +54,7 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from agents.errors import InvalidRequest, RefRefused, StorageError
-from agents.records import EMBED_SIZE, RGBImage
+from agents.records import EMBED_SIZE, EmbedInput, RGBImage
 from agents.references import style as st
 from agents.references.admission import (
     REF_NAMESPACE,
@@ -72,14 +78,18 @@ from agents.references.inputs import (
     read_sources,
     sources_for,
 )
+from agents.references.overrides import StatusChange, check_by, check_reason
 from agents.stages.imageio import encode_png, image_files
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
+from schemas.labels import LabelSource
+from schemas.reasons import RefReason, RefStatus
 from schemas.settings import Settings
 from schemas.tables import AnimeRef, LibraryVersion, RefLabel
 
 if TYPE_CHECKING:
-    from agents.stages.embed import FaceEmbedder
+    from agents.records import EmbeddingSpace
+    from agents.stages.embed import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +111,9 @@ class RefLibrary:
     """The anime reference library: SQL rows, PNG blobs and one vector index per version.
 
     ``engine``, ``blobs`` and ``embedder`` default to what ``settings`` names; tests hand
-    in their own. The embedder is built on first use (``add`` only).
+    in their own. The embedder is built on first use (``add`` only); references are embedded
+    with the embedder faces are, so that both land in one space (each library version
+    records it, and the pairer refuses a version of another embedder).
 
     Example::
 
@@ -118,7 +130,7 @@ class RefLibrary:
         *,
         engine: Engine | None = None,
         blobs: BlobStore | None = None,
-        embedder: FaceEmbedder | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = Catalog(engine or create_engine_for(settings.sql_url))
@@ -126,16 +138,13 @@ class RefLibrary:
         self._embedder = embedder
 
     @property
-    def embedder(self) -> FaceEmbedder:
+    def embedder(self) -> Embedder:
         if self._embedder is None:
-            # Imported here: torch is only needed to add, not to list or count references.
-            from agents.stages.embed import FaceEmbedder
+            # Imported here: the models are only needed to add, not to list or count.
+            from agents.stages.embed import build_embedder
 
-            models = self.settings.models
-            self._embedder = FaceEmbedder(
-                models.embedder_weights,
-                models.embedder_seed,
-                self.settings.worker.embed_batch_size,
+            self._embedder = build_embedder(
+                self.settings.models, self.settings.worker.embed_batch_size
             )
         return self._embedder
 
@@ -265,7 +274,7 @@ class RefLibrary:
 
         with self._lock():
             existing = self.catalog.active_refs(style)
-            judge(candidates, [r.stats for r in existing], self.settings.refs)
+            judge(candidates, [self._stats_of(r) for r in existing], self.settings.refs)
             active = [c for c in candidates if not c.is_outlier]
             palette = self._palette(existing, [c.histogram for c in active])
             vectors = self._derive(candidates, palette)
@@ -288,7 +297,9 @@ class RefLibrary:
                 for c in active
             ]
             self._discard_orphan(version)
-            location = publish_version(self.settings, version, base, points)
+            location = publish_version(
+                self.settings, version, base, points, space=self.embedder.space
+            )
             self.catalog.record_version(
                 candidates,
                 style=style,
@@ -353,15 +364,15 @@ class RefLibrary:
         step = self.embedder.batch_size
         for start in range(0, len(candidates), step):
             chunk = candidates[start : start + step]
-            crops: dict[str, RGBImage] = {}
+            faces: dict[str, EmbedInput] = {}
             for c in chunk:
                 square = st.square_pad(self._region_of(c.original, c.box))
                 c.training = self.blobs.put(encode_png(st.training_image(square, palette)))
                 if not c.is_outlier:
-                    crops[c.ref_id] = st.resize_square(square, EMBED_SIZE)
-            if crops:
-                embedded = self.embedder.embed(list(crops.values()))
-                vectors.update(zip(crops, embedded, strict=True))
+                    faces[c.ref_id] = _embed_input(square)
+            if faces:
+                embedded = self.embedder.embed(list(faces.values()))
+                vectors.update(zip(faces, embedded, strict=True))
         return vectors
 
     def _region_of(self, digest: str, box: Sequence[float]) -> RGBImage:
@@ -391,8 +402,138 @@ class RefLibrary:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _stats_of(self, ref: ActiveRef) -> dict[str, float]:
+        """An active reference's style statistics; measured again from its original when
+        they were stored by an older version of the style check (names it lacks)."""
+        if not st.missing_statistics(ref.stats):
+            return ref.stats
+        return st.measure(self._region_of(ref.original, ref.box))
+
+    # -- a person overrules the style check -----------------------------------------------
+
+    def quarantine(self, ref: str, *, reason: str, by: str) -> StatusChange:
+        """Take an active reference out of matching, for ``reason``, as a new library version.
+
+        ``ref`` is a reference id or a unique prefix of 8+ characters. The new version's
+        index no longer holds it; its row keeps everything and records reason ``by_hand``,
+        ``reason`` as the detail, ``by`` and when. Pairs already made with it stay as they
+        are (dataset snapshots leave out pairs whose reference is quarantined).
+
+        Example::
+
+            library.quarantine("3f2a9c1e", reason="a photo, not a drawing", by="alice")
+        """
+        return self._set_status(ref, RefStatus.QUARANTINED, check_reason(reason), check_by(by))
+
+    def reinstate(self, ref: str, *, by: str) -> StatusChange:
+        """Put a quarantined reference back into matching, as a new library version: its
+        embedding (made as :meth:`add` makes it) goes into the new version's index.
+
+        Example::
+
+            library.reinstate("3f2a9c1e", by="alice")   # the check was wrong about it
+        """
+        return self._set_status(ref, RefStatus.ACTIVE, None, check_by(by))
+
+    def _set_status(self, ref: str, status: RefStatus, reason: str | None, by: str) -> StatusChange:
+        """The one path of both verbs, in :meth:`add`'s order: the index version first,
+        then one SQL transaction that makes it current (a crash in between leaves a folder
+        no SQL row names, which the next writer replaces)."""
+        from agents.stores.refindex import RefPoint, publish_version
+
+        with self._lock():
+            row = self.catalog.resolve(ref)
+            previous = RefStatus(row.status)
+            if previous == status:
+                why = f" ({row.reason}: {row.detail})" if row.reason else ""
+                raise InvalidRequest(f"reference {row.ref_id} is already {status.value}{why}")
+            base = self.catalog.current_version()
+            version = (base or 0) + 1
+            upserts: list[RefPoint] = []
+            deletes: list[str] = []
+            code: RefReason | None
+            detail: str | None
+            if status == RefStatus.ACTIVE:
+                upserts.append(RefPoint(row.ref_id, self._vector_of(row), self._payload_of(row)))
+                code, detail = None, f"reinstated by hand; was {row.reason}: {row.detail}"
+                note = f"refs reinstate {row.ref_id} by {by}"
+            else:
+                deletes.append(row.ref_id)
+                code, detail = RefReason.BY_HAND, reason
+                note = f"refs quarantine {row.ref_id} by {by}: {reason}"
+            at = datetime.now(UTC)
+            self._discard_orphan(version)
+            location = publish_version(
+                self.settings, version, base, upserts, deletes, space=self._space
+            )
+            self.catalog.record_status(
+                row,
+                status=status,
+                reason=code,
+                detail=detail,
+                by=by,
+                at=at,
+                note=note,
+                base=base,
+                version=version,
+                location=location,
+            )
+        log.info("reference library version %d: %s", version, note)
+        stored = self.catalog.get(row.ref_id)
+        return StatusChange(
+            ref_id=row.ref_id,
+            style=row.style,
+            status=status,
+            previous=previous,
+            reason=code,
+            detail=None if stored is None else stored.detail,
+            by=by,
+            at=at,
+            library_version=version,
+        )
+
+    @property
+    def _space(self) -> EmbeddingSpace:
+        """The embedding space of the library's index, without loading a model to know it."""
+        if self._embedder is not None:
+            return self._embedder.space
+        from agents.stages.embed import embedder_space
+
+        return embedder_space(self.settings.models)
+
+    def _vector_of(self, ref: AnimeRef) -> npt.NDArray[np.float32]:
+        """A stored reference's embedding, made from its original as :meth:`add` makes it."""
+        square = st.square_pad(self._region_of(ref.original, ref.box))
+        vector: npt.NDArray[np.float32] = self.embedder.embed([_embed_input(square)])[0]
+        return vector
+
+    def _payload_of(self, ref: AnimeRef) -> dict[str, object]:
+        """A stored reference's index payload, the same fields :meth:`add` gives it."""
+        labels = {
+            label.name: label.value
+            for label in self.catalog.labels_of(ref.ref_id)
+            if label.source == LabelSource.HUMAN
+        }
+        return {
+            "style": ref.style,
+            "tags": list(ref.tags),
+            "labels": labels,
+            "license": ref.license,
+            "source": ref.source,
+            "author": ref.author,
+            "library_version": ref.library_version,
+        }
+
     # Last in the class: a method named ``list`` hides the builtin from the annotations of
     # every method after it.
     def list(self, style: str | None = None, status: str | None = None) -> list[AnimeRef]:
         """References in the order they were added, optionally of one style and status."""
         return self.catalog.list(style, status)
+
+
+def _embed_input(square: RGBImage) -> EmbedInput:
+    """A reference's face region as an embedder reads it: the whole square is the face
+    box (its region was chosen as the face), and its resized copy the aligned crop (a
+    drawing has no landmarks our detector can be trusted to find)."""
+    side = float(square.shape[0])
+    return EmbedInput(square, (0.0, 0.0, side, side), st.resize_square(square, EMBED_SIZE))

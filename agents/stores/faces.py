@@ -1,7 +1,9 @@
-"""The Qdrant ``faces`` collection: one point per accepted face.
+"""The Qdrant faces collections: one point per accepted face, one collection per embedder.
 
-Embedded default: qdrant-client's local store under the data directory (one process may
-open it at a time, the worker). Production: a Qdrant server URL. The payload holds the
+Vectors of two embedders are never compared, so each :class:`~agents.records.EmbeddingSpace`
+has its own collection, ``faces-<space slug>`` (``s2a faces reembed`` moves faces between
+them). Embedded default: qdrant-client's local store under the data directory (one process
+may open it at a time, the worker). Production: a Qdrant server URL. The payload holds the
 subject pseudonym, never a raw id.
 """
 
@@ -15,16 +17,23 @@ import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
 from agents.errors import StorageError
-from agents.records import EMBED_DIM
+from agents.records import EmbeddingSpace, slug_of
 from schemas.settings import Settings
 
 FACES = "faces"
-#: Named vectors of a face point: the embedder's identity vector, and a small appearance
-#: signature of the aligned crop that the duplicate check compares.
+"""Prefix of every faces collection; alone, the one collection stores had before
+embedders were told apart (512-d InceptionResnetV1 vectors)."""
+#: Named vectors of a face point: the embedder's identity vector (its space's ``dim``), and
+#: a small appearance signature of the aligned crop that the duplicate check compares.
 FACE_VECTOR = "face"
-FACE_DIM = EMBED_DIM
 APPEARANCE_VECTOR = "appearance"
 APPEARANCE_DIM = 256
+
+
+def faces_collection(space: EmbeddingSpace | str) -> str:
+    """The collection of one embedding space (or embedder name): ``faces-<slug>``."""
+    name = space if isinstance(space, str) else space.name
+    return f"{FACES}-{slug_of(name)}"
 
 
 def open_client(settings: Settings) -> QdrantClient:
@@ -37,36 +46,60 @@ def open_client(settings: Settings) -> QdrantClient:
 
 
 class FaceIndex:
-    """Face embeddings and appearance signatures, one point per accepted face.
+    """Face embeddings of one embedding space and appearance signatures, one point per face.
 
     Example::
 
-        index = FaceIndex(QdrantClient(":memory:"))
+        index = FaceIndex(QdrantClient(":memory:"), embedder.space)
+        index.collection    # 'faces-dlib-resnet-sha256-...'
         index.upsert(face_id, {"face": vector, "appearance": signature}, {"subject": pseudonym})
         index.vectors([face_id], "appearance")
     """
 
     def __init__(
-        self, client: QdrantClient, collection: str = FACES, *, payload_index: bool = False
+        self, client: QdrantClient, space: EmbeddingSpace, *, payload_index: bool = False
     ) -> None:
         self.client = client
-        self.collection = collection
+        self.space = space
+        self.collection = faces_collection(space)
         self._ensure_collection(payload_index)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FaceIndex:
+    def from_settings(cls, settings: Settings, space: EmbeddingSpace) -> FaceIndex:
         # Payload indexes exist only on a server; the local store scans (and warns).
-        return cls(open_client(settings), payload_index=bool(settings.qdrant_url))
+        return cls(open_client(settings), space, payload_index=bool(settings.qdrant_url))
+
+    @classmethod
+    def of_embedder(cls, client: QdrantClient, embedder: str) -> FaceIndex | None:
+        """The existing collection of the embedder named ``embedder`` (as ``faces.embedder``
+        records it), its dim read from the collection; None when it has none."""
+        collection = faces_collection(embedder)
+        try:
+            if not client.collection_exists(collection):
+                return None
+            dim = _stored_dim(client, collection)
+        except Exception as exc:
+            raise StorageError(f"cannot read Qdrant collection {collection!r}: {exc}") from exc
+        if dim is None:
+            raise StorageError(f"Qdrant collection {collection!r} has no {FACE_VECTOR!r} vector")
+        return cls(client, EmbeddingSpace(embedder, dim))
 
     def _ensure_collection(self, payload_index: bool) -> None:
         try:
             if self.client.collection_exists(self.collection):
-                return
+                found = _stored_dim(self.client, self.collection)
+                if found == self.space.dim:
+                    return
+                raise StorageError(
+                    f"Qdrant collection {self.collection!r} holds {found}-d face vectors, "
+                    f"but {self.space.name} makes {self.space.dim}-d ones; it was not made "
+                    "by this code: move it aside"
+                )
             self.client.create_collection(
                 self.collection,
                 vectors_config={
                     FACE_VECTOR: models.VectorParams(
-                        size=FACE_DIM, distance=models.Distance.COSINE
+                        size=self.space.dim, distance=models.Distance.COSINE
                     ),
                     APPEARANCE_VECTOR: models.VectorParams(
                         size=APPEARANCE_DIM, distance=models.Distance.COSINE
@@ -78,6 +111,8 @@ class FaceIndex:
                 self.client.create_payload_index(
                     self.collection, "subject", field_schema=models.PayloadSchemaType.KEYWORD
                 )
+        except StorageError:
+            raise
         except Exception as exc:
             raise StorageError(
                 f"cannot prepare Qdrant collection {self.collection!r}: {exc}"
@@ -134,3 +169,10 @@ class FaceIndex:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _stored_dim(client: QdrantClient, collection: str) -> int | None:
+    """Length of the face vectors an existing collection holds (None: it has none)."""
+    vectors = client.get_collection(collection).config.params.vectors
+    params = vectors.get(FACE_VECTOR) if isinstance(vectors, dict) else None
+    return int(params.size) if params is not None else None

@@ -14,11 +14,13 @@ from pydantic import ValidationError
 
 from agents.errors import PipelineError
 from infra.cli.dataset import dataset
+from infra.cli.faces import faces
 from infra.cli.labels import labels
 from infra.cli.pairs import pairs
 from infra.cli.refs import refs
 from infra.cli.review import review
 from infra.cli.run import broker, demo, up, worker
+from infra.cli.train import train
 from infra.cli.uploads import publish, status, uploads
 from infra.errors import InfraError
 from schemas.errors import SchemaError
@@ -62,10 +64,12 @@ for _verb in (
     uploads,
     status,
     refs,
+    faces,
     labels,
     pairs,
     review,
     dataset,
+    train,
 ):
     cli.add_command(_verb)
 

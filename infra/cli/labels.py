@@ -1,7 +1,8 @@
 """``s2a labels ...``: train the label heads on reviewed labels; count what is labelled.
 
 ``train`` reads the faces that carry ``human`` labels from SQL and their embeddings from
-the Qdrant faces collection. The embedded Qdrant store may be opened by one process at a
+the Qdrant faces collection of their embedder (its vectors' length is that embedder's: 128
+for dlib, 512 for InceptionResnetV1). The embedded Qdrant store may be opened by one process at a
 time: while a worker runs on the same data directory, ``train`` says so and stops.
 """
 
@@ -20,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
 from agents.errors import StorageError
-from infra.cli.kit import settings_of
+from infra.cli.kit import face_client, settings_of
 from infra.output import emit_json, emit_table
 from schemas.labels import LEARNABLE, LabelSource
 from schemas.settings import Settings
@@ -50,21 +51,23 @@ def labels() -> None:
 @click.pass_context
 def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> None:
     """Train a head per label from the human-reviewed labels, and save them."""
-    from agents.stores.faces import FACE_DIM, FACE_VECTOR
+    from agents.stores.faces import FACE_VECTOR
 
     settings = settings_of(ctx)
     engine = _engine(settings)
     embedder, reviewed, other_embedder = _reviewed_faces(engine)
-    index = _face_index(settings)
-    try:
-        ids = sorted(reviewed)
-        found: dict[str, Any] = {}
-        for start in range(0, len(ids), _CHUNK):
-            found.update(index.vectors(ids[start : start + _CHUNK], FACE_VECTOR))
-    finally:
-        index.close()
+    ids = sorted(reviewed)
+    found: dict[str, Any] = {}
+    dim = 0
+    if embedder is not None:
+        with face_client(settings) as client:
+            index = _face_index(client, embedder)
+            if index is not None:
+                dim = index.space.dim
+                for start in range(0, len(ids), _CHUNK):
+                    found.update(index.vectors(ids[start : start + _CHUNK], FACE_VECTOR))
     ids = [face_id for face_id in ids if face_id in found]
-    vectors = np.stack([found[i] for i in ids]) if ids else np.zeros((0, FACE_DIM), np.float32)
+    vectors = np.stack([found[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
     names = sorted({name for face in reviewed.values() for name in face})
     columns = {name: [reviewed[i].get(name) for i in ids] for name in names}
     # Imported once the stores have answered: torch takes seconds to load.
@@ -182,19 +185,11 @@ def _reviewed_faces(engine: Engine) -> tuple[str | None, dict[str, dict[str, str
     return embedder, dict(faces), len(other)
 
 
-def _face_index(settings: Settings) -> Any:
+def _face_index(client: Any, embedder: str) -> Any:
+    """The faces collection of ``embedder`` (None when it has none)."""
     from agents.stores.faces import FaceIndex
 
-    try:
-        return FaceIndex.from_settings(settings)
-    except RuntimeError as exc:
-        # qdrant-client's local store takes a file lock; the worker holds it while it runs.
-        if "already accessed" not in str(exc):
-            raise
-        raise click.ClickException(
-            f"the Qdrant local store {settings.qdrant_path} is in use by a running worker; "
-            "stop it (s2a up / s2a worker) and retry, or set S2A_QDRANT_URL to a Qdrant server"
-        ) from exc
+    return FaceIndex.of_embedder(client, embedder)
 
 
 @contextmanager

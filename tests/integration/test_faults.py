@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.stages.embed import embedder_space
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
 from agents.stores.faces import FaceIndex
@@ -83,7 +84,7 @@ def test_stopped_worker_loses_nothing(tmp_path: Path, stop: signal.Signals) -> N
     assert {r.state for r in rows} == {"accepted"}
     faces = [f for i in ids for f in repository.faces_of_subject(_subject_of(repository, i))]
     assert len(faces) == len(ids)
-    index = FaceIndex.from_settings(settings)
+    index = FaceIndex.from_settings(settings, embedder_space(settings.models))
     try:
         assert index.count() == len(ids)
     finally:

@@ -25,7 +25,7 @@ from agents.pipeline import Incoming, IngestPipeline
 from agents.references.library import RefLibrary, read_sources
 from agents.review.store import ReviewStore
 from agents.stages.detect import MtcnnDetector
-from agents.stages.embed import FaceEmbedder
+from agents.stages.embed import InceptionEmbedder
 from agents.stores.db import create_engine_for
 from schemas.pairs import FaceAccepted, PairStatus
 from schemas.settings import Settings
@@ -84,7 +84,7 @@ def _event(name: str, subject: str, age: int, gender: str, glasses: bool | None)
 
 @pytest.fixture
 def world(
-    sql_url: str, tmp_path: Path, detector: MtcnnDetector, embedder: FaceEmbedder
+    sql_url: str, tmp_path: Path, detector: MtcnnDetector, embedder: InceptionEmbedder
 ) -> Iterator[World]:
     settings = Settings(home=tmp_path / "home", database_url=sql_url)
     # The session's models: loading them again for every test would only cost time.

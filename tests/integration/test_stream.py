@@ -400,9 +400,11 @@ def test_no_raw_subject_id_or_metadata_is_stored(outcome: dict, settings: Settin
                 "parameters",
             }
     # Qdrant: payloads hold pseudonyms only.
+    from agents.stages.embed import embedder_space
     from agents.stores.faces import FaceIndex
 
-    index = FaceIndex.from_settings(settings)
+    # The worker's embedder is the default one: its collection holds every face.
+    index = FaceIndex.from_settings(settings, embedder_space(settings.models))
     try:
         payloads = index.payloads()
     finally:

@@ -3,7 +3,8 @@
 :mod:`agents.labelheads` loads the heads this trains and applies them.
 
 One head per learnable label (:data:`schemas.labels.LEARNABLE`) that has enough reviewed
-faces: a multinomial logistic regression on the 512-d embedding, with class-balanced
+faces: a multinomial logistic regression on the face embedding (128-d with dlib's
+descriptor, 512-d with InceptionResnetV1), with class-balanced
 weights (a rare value counts as much as a common one) and an L2 penalty, fitted by
 full-batch L-BFGS from zeros (a convex problem: the same rows always give the same head).
 A stratified share of the rows is held out: the head is judged on it (accuracy, balanced
@@ -56,7 +57,7 @@ MIN_PER_CLASS = 3
 #: Share of each value's faces held out to measure and calibrate the head.
 HOLDOUT_SHARE = 0.2
 #: L2 penalty on the weights (the loss is a mean over rows, so this is per row): small,
-#: the embedding's 512 dimensions are far fewer than the rows it is meant for.
+#: the embedding's 128 (dlib) or 512 dimensions are far fewer than the rows it is meant for.
 L2 = 1e-3
 #: Upper bound of L-BFGS iterations; the fit converges in far fewer on unit vectors.
 MAX_ITER = 200

@@ -15,18 +15,19 @@ Errors (all under :class:`agents.errors.PipelineError`)::
     StorageError (RuntimeError)                   an engine or the file system failed
      └── RefVersionMissing (FileNotFoundError)    no complete folder for that version
     RefInputError (ValueError)                    a bad vector, point, filter or argument
+    EmbedderMismatch (ValueError)                 the version was built by another embedder
 """
 
 from agents.stores.refindex.contract import (
     LABEL_FIELDS,
     REF_COLLECTION,
-    REF_DIM,
     STYLE_FIELD,
     RefFilter,
     RefHit,
     RefIndex,
     RefInputError,
     RefPoint,
+    ref_collection,
 )
 from agents.stores.refindex.edge import EdgeRefIndex
 from agents.stores.refindex.qdrant import QdrantRefIndex
@@ -63,7 +64,6 @@ __all__ = [
     "LABEL_FIELDS",
     "MANIFEST",
     "REF_COLLECTION",
-    "REF_DIM",
     "STYLE_FIELD",
     "Backend",
     "EdgeRefIndex",
@@ -79,6 +79,7 @@ __all__ = [
     "open_ref_index",
     "prune_versions",
     "publish_version",
+    "ref_collection",
     "server_location",
     "version_dir",
 ]

@@ -1,6 +1,9 @@
 """The reference index's contract: its constants, its types (RefPoint, RefHit, RefFilter),
 the :class:`RefIndex` protocol, the input error, and the argument checks and filter
-conditions both engines share (:class:`_Searching`, :func:`_engine_errors`)."""
+conditions both engines share (:class:`_Searching`, :func:`_engine_errors`).
+
+Vector length is the embedder's (:class:`~agents.records.EmbeddingSpace`): every index
+knows its ``dim`` and refuses vectors of another length."""
 
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from agents.errors import PipelineError, RefInputError, StorageError
+from agents.records import EmbeddingSpace
 from schemas.labels import LabelName
 
 REF_COLLECTION = "anime_refs"
-REF_DIM = 512
+"""Collection name inside a version folder's qdrant-local store; on a server the collection
+is :func:`ref_collection` of the embedder."""
 
 #: Payload fields with a keyword index: the style every search filters on, and each label
 #: a compatibility filter may name. Filters on other fields still work, unindexed.
@@ -27,6 +32,11 @@ LABEL_FIELDS: tuple[str, ...] = tuple(f"labels.{name.value}" for name in LabelNa
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _UPSERT_BATCH = 512
+
+
+def ref_collection(space: EmbeddingSpace) -> str:
+    """The server collection of one embedder's references: ``anime_refs-<slug>``."""
+    return f"{REF_COLLECTION}-{space.slug}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,7 @@ class RefIndex(Protocol):
     """What the pairs agent searches: one library version, read only."""
 
     version: int | None
+    dim: int
 
     def search(
         self, vector: npt.ArrayLike, limit: int, where: RefFilter | None = None
@@ -98,17 +109,17 @@ class RefIndex(Protocol):
 # -- validation at the boundary -----------------------------------------------------------
 
 
-def _checked_vector(vector: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
+def _checked_vector(vector: npt.ArrayLike, dim: int, what: str) -> npt.NDArray[np.float32]:
     array = np.asarray(vector, dtype=np.float32)
-    if array.shape != (REF_DIM,):
-        raise RefInputError(f"{what} must have shape ({REF_DIM},), got {array.shape}")
+    if array.shape != (dim,):
+        raise RefInputError(f"{what} must have shape ({dim},), got {array.shape}")
     if not np.all(np.isfinite(array)) or not np.any(array):
         raise RefInputError(f"{what} must be finite and non-zero to have a cosine similarity")
     return array
 
 
-def _query_vector(vector: npt.ArrayLike, what: str = "vector") -> list[float]:
-    return _checked_vector(vector, what).tolist()
+def _query_vector(vector: npt.ArrayLike, dim: int, what: str = "vector") -> list[float]:
+    return _checked_vector(vector, dim, what).tolist()
 
 
 def _check_limit(limit: int) -> None:
@@ -127,8 +138,8 @@ def _check_ref_id(ref_id: str, what: str) -> None:
         raise RefInputError(f"{what} must be a lowercase canonical UUID string, got {ref_id!r}")
 
 
-def _checked_points(points: Sequence[RefPoint]) -> npt.NDArray[np.float32]:
-    """Every point's id, vector and payload checked; their vectors as one (n, 512) array."""
+def _checked_points(points: Sequence[RefPoint], dim: int) -> npt.NDArray[np.float32]:
+    """Every point's id, vector and payload checked; their vectors as one (n, dim) array."""
     for point in points:
         _check_ref_id(point.ref_id, "RefPoint.ref_id")
         style = point.payload.get(STYLE_FIELD)
@@ -146,16 +157,16 @@ def _checked_points(points: Sequence[RefPoint]) -> npt.NDArray[np.float32]:
             )
     vectors = [np.asarray(p.vector, dtype=np.float32) for p in points]
     for point, vector in zip(points, vectors, strict=True):
-        if vector.shape != (REF_DIM,):
-            _checked_vector(vector, f"RefPoint {point.ref_id} vector")
+        if vector.shape != (dim,):
+            _checked_vector(vector, dim, f"RefPoint {point.ref_id} vector")
     if not vectors:
-        return np.empty((0, REF_DIM), dtype=np.float32)
+        return np.empty((0, dim), dtype=np.float32)
     matrix = np.stack(vectors)
     # One vectorised pass: per-point checks cost seconds at 100k references.
     usable = np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)
     if not usable.all():
         first = int(np.argmin(usable))
-        _checked_vector(matrix[first], f"RefPoint {points[first].ref_id} vector")
+        _checked_vector(matrix[first], dim, f"RefPoint {points[first].ref_id} vector")
     return matrix
 
 
@@ -210,6 +221,8 @@ def _label_conditions(
 class _Searching:
     """The argument checks both engines share; each engine answers :meth:`_search`."""
 
+    dim: int
+
     def search(
         self, vector: npt.ArrayLike, limit: int, where: RefFilter | None = None
     ) -> list[RefHit]:
@@ -222,7 +235,7 @@ class _Searching:
         where: RefFilter | None = None,
     ) -> list[list[RefHit]]:
         _check_limit(limit)
-        queries = [_query_vector(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
+        queries = [_query_vector(v, self.dim, f"vectors[{i}]") for i, v in enumerate(vectors)]
         conditions = _conditions(where)
         if not queries or (conditions is not None and conditions.impossible):
             return [[] for _ in queries]

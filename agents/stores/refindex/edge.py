@@ -14,7 +14,6 @@ from agents.errors import StorageError
 from agents.stores.refindex.contract import (
     _UPSERT_BATCH,
     LABEL_FIELDS,
-    REF_DIM,
     STYLE_FIELD,
     RefHit,
     RefPoint,
@@ -43,14 +42,14 @@ def _edge_filter(conditions: _Conditions | None) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
-def _edge_config(tuning: EdgeTuning) -> qe.EdgeConfig:
+def _edge_config(tuning: EdgeTuning, dim: int) -> qe.EdgeConfig:
     quantization = (
         qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)
         if tuning.quantized
         else None
     )
     return qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=REF_DIM, distance=qe.Distance.Cosine),
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
         hnsw_config=qe.HnswIndexConfig(
             m=tuning.m,
             ef_construct=tuning.ef_construct,
@@ -74,30 +73,43 @@ def _edge_search_params(tuning: EdgeTuning) -> qe.SearchParams:
 
 
 class EdgeRefIndex(_Searching):
-    """A library version in a qdrant-edge shard (the embedded default).
+    """A library version in a qdrant-edge shard (the embedded default), of ``dim``-d vectors.
 
     Example::
 
-        index = EdgeRefIndex.load(Path("~/.selfie2anime/anime_refs/v000003/edge"), version=3)
+        index = EdgeRefIndex.load(Path("~/.selfie2anime/anime_refs/v000003/edge"), dim=128,
+                                  version=3)
         hits = index.search(face_vector, 10, RefFilter(style="ghibli"))
         index.close()
     """
 
     def __init__(
-        self, shard: qe.EdgeShard, *, version: int | None, tuning: EdgeTuning = EDGE_TUNING
+        self,
+        shard: qe.EdgeShard,
+        *,
+        version: int | None,
+        dim: int,
+        tuning: EdgeTuning = EDGE_TUNING,
     ) -> None:
         self.version = version
+        self.dim = dim
         self.tuning = tuning
         self._shard: qe.EdgeShard | None = shard
         self._params = _edge_search_params(tuning)
 
     @classmethod
     def create(
-        cls, path: Path, *, version: int | None = None, tuning: EdgeTuning = EDGE_TUNING
+        cls,
+        path: Path,
+        *,
+        dim: int,
+        version: int | None = None,
+        tuning: EdgeTuning = EDGE_TUNING,
     ) -> EdgeRefIndex:
-        """A new empty shard at ``path`` with the keyword payload indexes."""
+        """A new empty shard of ``dim``-d vectors at ``path`` with the keyword payload
+        indexes."""
         with _engine_errors(f"create edge shard {path}"):
-            shard = qe.EdgeShard.create(str(path), _edge_config(tuning))
+            shard = qe.EdgeShard.create(str(path), _edge_config(tuning, dim))
             for key in (STYLE_FIELD, *LABEL_FIELDS):
                 # The planner picks a filter's points from these indexes and scores only
                 # them; per-value graphs (payload_m) would only cost build time.
@@ -106,21 +118,24 @@ class EdgeRefIndex(_Searching):
                     enable_hnsw=tuning.payload_m > 0,
                 )
                 shard.update(qe.UpdateOperation.create_field_index(key, params))
-        return cls(shard, version=version, tuning=tuning)
+        return cls(shard, version=version, dim=dim, tuning=tuning)
 
     @classmethod
     def load(
         cls,
         path: Path,
         *,
+        dim: int,
         version: int | None = None,
         tuning: EdgeTuning = EDGE_TUNING,
         writable: bool = False,
     ) -> EdgeRefIndex:
-        """Open a shard; only a writer passes its config (which the engine then persists)."""
+        """Open a shard of ``dim``-d vectors; only a writer passes its config (which the
+        engine then persists)."""
         with _engine_errors(f"load edge shard {path}"):
-            shard = qe.EdgeShard.load(str(path), _edge_config(tuning) if writable else None)
-        return cls(shard, version=version, tuning=tuning)
+            config = _edge_config(tuning, dim) if writable else None
+            shard = qe.EdgeShard.load(str(path), config)
+        return cls(shard, version=version, dim=dim, tuning=tuning)
 
     @property
     def _open(self) -> qe.EdgeShard:
@@ -157,7 +172,7 @@ class EdgeRefIndex(_Searching):
             return int(self._open.count(qe.CountRequest(exact=True)))
 
     def upsert(self, points: Sequence[RefPoint]) -> None:
-        matrix = _checked_points(points)
+        matrix = _checked_points(points, self.dim)
         for start in range(0, len(points), _UPSERT_BATCH):
             end = start + _UPSERT_BATCH
             batch = [

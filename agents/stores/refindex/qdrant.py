@@ -17,7 +17,6 @@ from agents.stores.refindex.contract import (
     _UPSERT_BATCH,
     LABEL_FIELDS,
     REF_COLLECTION,
-    REF_DIM,
     STYLE_FIELD,
     RefHit,
     RefPoint,
@@ -57,12 +56,13 @@ def _client_filter(conditions: _Conditions | None) -> models.Filter | None:
 
 
 class QdrantRefIndex(_Searching):
-    """A library version in a qdrant-client collection: a local store folder (one process
-    at a time may open it) or the server's ``anime_refs`` collection.
+    """A library version in a qdrant-client collection of ``dim``-d vectors: a local store
+    folder (one process at a time may open it) or the server's collection of one embedder
+    (:func:`~agents.stores.refindex.contract.ref_collection`).
 
     Example::
 
-        index = QdrantRefIndex(QdrantClient(path=str(folder)), version=3)
+        index = QdrantRefIndex(QdrantClient(path=str(folder)), version=3, dim=128)
         index.search_many(face_vectors, 10, RefFilter(style="ghibli"))
     """
 
@@ -71,10 +71,12 @@ class QdrantRefIndex(_Searching):
         client: QdrantClient,
         *,
         version: int | None,
+        dim: int,
         collection: str = REF_COLLECTION,
         server: bool = False,
     ) -> None:
         self.version = version
+        self.dim = dim
         self.client: QdrantClient | None = client
         self.collection = collection
         self._params = (
@@ -92,10 +94,17 @@ class QdrantRefIndex(_Searching):
         client = self._open
         with _engine_errors(f"prepare Qdrant collection {self.collection!r}"):
             if client.collection_exists(self.collection):
+                vectors = client.get_collection(self.collection).config.params.vectors
+                found = vectors.size if isinstance(vectors, models.VectorParams) else None
+                if found != self.dim:
+                    raise StorageError(
+                        f"Qdrant collection {self.collection!r} holds {found}-d vectors, "
+                        f"not the {self.dim}-d ones asked for"
+                    )
                 return
             client.create_collection(
                 self.collection,
-                vectors_config=models.VectorParams(size=REF_DIM, distance=models.Distance.COSINE),
+                vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
                 # The server runs the engine qdrant-edge embeds: the same tuning applies.
                 hnsw_config=models.HnswConfigDiff(
                     m=EDGE_HNSW_M,
@@ -165,7 +174,7 @@ class QdrantRefIndex(_Searching):
             return int(self._open.count(self.collection, exact=True).count)
 
     def upsert(self, points: Sequence[RefPoint]) -> None:
-        matrix = _checked_points(points)
+        matrix = _checked_points(points, self.dim)
         for start in range(0, len(points), _UPSERT_BATCH):
             end = start + _UPSERT_BATCH
             batch = [
@@ -213,7 +222,7 @@ class QdrantRefIndex(_Searching):
                 client.close()
 
 
-def _local_client_index(path: Path, version: int | None) -> QdrantRefIndex:
+def _local_client_index(path: Path, version: int | None, dim: int) -> QdrantRefIndex:
     try:
         client = QdrantClient(path=str(path))
     except Exception as exc:
@@ -221,7 +230,7 @@ def _local_client_index(path: Path, version: int | None) -> QdrantRefIndex:
             f"cannot open the Qdrant local store {path}: {exc} (a qdrant-local folder opens "
             "in one process at a time; the edge backend allows a reader beside a writer)"
         ) from exc
-    return QdrantRefIndex(client, version=version)
+    return QdrantRefIndex(client, version=version, dim=dim)
 
 
 def _server_client(settings: Settings) -> QdrantClient:

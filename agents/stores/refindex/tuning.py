@@ -12,7 +12,7 @@ from dataclasses import dataclass
 #   found 8-28% of the true top 10 on uniform vectors (58-84% filtered) at hnsw_ef 64-256.
 # - Scanning int8 copies and rescoring the best 4x in float32 was 2-3x faster unfiltered,
 #   recall 1.0 on clustered and uniform vectors, but ~0.01 on "collapsed" ones: the
-#   seeded random-init embedder (the offline default) puts every pair above 0.9997 cosine,
+#   seeded random-init embedder (then the offline default) puts every pair above 0.9997,
 #   below int8 resolution, so the scan cannot tell candidates apart.
 # - A float32 scan is exact on every kind (0.985 on collapsed vectors, whose neighbours
 #   differ by float32 rounding) and builds in seconds. A filter (one style plus labels: a

@@ -6,7 +6,8 @@ Embedded default: one **immutable folder per library version** under
 the worker keeps searching version N in another process::
 
     v000007/
-      manifest.json      written last: the folder is complete (version, backend, count)
+      manifest.json      written last: the folder is complete (version, backend, count,
+                         the embedder that made its vectors and their dim)
       edge/              a qdrant-edge shard, or qdrant-local/ for qdrant-client's store
 
 :func:`publish_version` copies the base version's engine folder into a temporary folder,
@@ -16,8 +17,13 @@ version with :func:`open_ref_index` and keeps it until it switches to a newer on
 folders go with :func:`prune_versions` (on Linux a reader that still has one open keeps
 working: the engine holds its files open or mapped).
 
-With ``settings.qdrant_url`` set (production) every version is the server's ``anime_refs``
-collection, updated in place; the version number only labels the reader.
+With ``settings.qdrant_url`` set (production) every version is the server's collection of
+the embedder, ``anime_refs-<space slug>``, updated in place; the version number only labels
+the reader.
+
+Vectors of two embedders are never compared: a version is opened for one
+:class:`~agents.records.EmbeddingSpace` and refused (:class:`EmbedderMismatch`) when its
+manifest names another embedder, or none (a folder from before embedders were recorded).
 """
 
 from __future__ import annotations
@@ -35,16 +41,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.errors import PipelineError, RefVersionMissing, StorageError
+from agents.errors import EmbedderMismatch, PipelineError, RefVersionMissing, StorageError
+from agents.records import EmbeddingSpace
 from agents.stores.refindex.contract import (
     _UPSERT_BATCH,
-    REF_COLLECTION,
-    REF_DIM,
     RefIndex,
     RefInputError,
     RefPoint,
     _check_ref_id,
     _checked_points,
+    ref_collection,
 )
 from agents.stores.refindex.edge import EdgeRefIndex
 from agents.stores.refindex.qdrant import QdrantRefIndex, _local_client_index, _server_client
@@ -70,10 +76,37 @@ def version_dir(settings: Settings, version: int) -> Path:
     return settings.ref_index_dir / f"v{version:06d}"
 
 
-def server_location(url: str) -> str:
+def server_location(url: str, space: EmbeddingSpace) -> str:
     """How a version on a Qdrant server is named in ``library_versions.index_location``."""
     host = url.split("://", 1)[-1].rstrip("/")
-    return f"qdrant://{host}/{REF_COLLECTION}"
+    return f"qdrant://{host}/{ref_collection(space)}"
+
+
+#: What to do when a library version was embedded by another embedder.
+_REEMBED = (
+    "embed the reference library again with this embedder (not automated yet: "
+    "`s2a faces reembed` moves faces only), or set S2A_MODELS__EMBEDDER back"
+)
+
+
+def _server_index(settings: Settings, version: int, space: EmbeddingSpace) -> QdrantRefIndex:
+    return QdrantRefIndex(
+        _server_client(settings),
+        version=version,
+        dim=space.dim,
+        collection=ref_collection(space),
+        server=True,
+    )
+
+
+def _check_embedder(
+    folder: Path, manifest: dict[str, Any], version: int, space: EmbeddingSpace
+) -> None:
+    found = manifest.get("embedder")
+    if found != space.name or manifest.get("dim") != space.dim:
+        raise EmbedderMismatch(
+            f"reference index version {version} ({folder})", found, space.name, _REEMBED
+        )
 
 
 def _manifest(folder: Path) -> dict[str, Any] | None:
@@ -87,32 +120,35 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def _open_folder(
-    folder: Path, manifest: dict[str, Any], version: int
+    folder: Path, manifest: dict[str, Any], version: int, space: EmbeddingSpace
 ) -> EdgeRefIndex | QdrantRefIndex:
+    _check_embedder(folder, manifest, version, space)
     # A folder is read by the engine that wrote it, whatever the settings say now.
     backend = manifest.get("backend")
     if backend == "edge":
-        return EdgeRefIndex.load(folder / "edge", version=version)
+        return EdgeRefIndex.load(folder / "edge", version=version, dim=space.dim)
     if backend == "qdrant-local":
-        return _local_client_index(folder / "qdrant-local", version)
+        return _local_client_index(folder / "qdrant-local", version, space.dim)
     raise StorageError(f"{folder / MANIFEST} names an unknown backend {backend!r}")
 
 
-def open_ref_index(settings: Settings, version: int) -> RefIndex:
-    """A reader for library version ``version``: the server collection when
-    ``settings.qdrant_url`` is set, else that version's folder.
+def open_ref_index(settings: Settings, version: int, space: EmbeddingSpace) -> RefIndex:
+    """A reader for library version ``version`` of ``space``'s vectors: the server
+    collection of that embedder when ``settings.qdrant_url`` is set, else the version's
+    folder.
 
     Raises :class:`RefVersionMissing` (naming the folder) when the version was never
-    published here or has been pruned.
+    published here or has been pruned, and :class:`EmbedderMismatch` when another embedder
+    (or an unrecorded one) built it.
     """
     _check_version(version)
     if settings.qdrant_url:
-        return QdrantRefIndex(_server_client(settings), version=version, server=True)
+        return _server_index(settings, version, space)
     folder = version_dir(settings, version)
     manifest = _manifest(folder)
     if manifest is None:
         raise RefVersionMissing(version, folder, MANIFEST)
-    return _open_folder(folder, manifest, version)
+    return _open_folder(folder, manifest, version, space)
 
 
 def latest_local_version(settings: Settings) -> int | None:
@@ -163,24 +199,29 @@ def publish_version(
     base: int | None,
     upserts: Sequence[RefPoint],
     deletes: Sequence[str] = (),
+    *,
+    space: EmbeddingSpace,
 ) -> str:
-    """Build library version ``version`` as ``base`` plus ``upserts`` minus ``deletes`` and
-    return where it lives (a folder, or ``qdrant://host:port/anime_refs`` on a server).
+    """Build library version ``version`` of ``space``'s vectors as ``base`` plus
+    ``upserts`` minus ``deletes`` and return where it lives (a folder, or
+    ``qdrant://host:port/anime_refs-<slug>`` on a server).
 
     Embedded: nothing happens when the version's folder already exists complete (a retry
     after a crash or a lost race); otherwise the version is built in a temporary folder
-    and renamed into place. A point both upserted and deleted ends deleted.
+    and renamed into place. A point both upserted and deleted ends deleted. A ``base``
+    built by another embedder is refused (:class:`EmbedderMismatch`).
 
     Example::
 
-        location = publish_version(settings, 4, 3, [RefPoint(ref_id, vector, payload)])
+        location = publish_version(settings, 4, 3, [RefPoint(ref_id, vector, payload)],
+                                   space=embedder.space)
     """
     _check_version(version)
     if base is not None:
         _check_version(base, "base")
         if base >= version:
             raise RefInputError(f"base ({base}) must be older than version ({version})")
-    _checked_points(upserts)
+    _checked_points(upserts, space.dim)
     if isinstance(deletes, str):
         raise RefInputError("deletes must be a sequence of ref ids, not one str")
     for ref_id in deletes:
@@ -188,18 +229,18 @@ def publish_version(
 
     if settings.qdrant_url:
         # One collection, updated in place: upserts and deletes are idempotent by id.
-        index = QdrantRefIndex(_server_client(settings), version=version, server=True)
+        index = _server_index(settings, version, space)
         try:
             index.upsert(upserts)
             index.delete(deletes)
         finally:
             index.close()
-        return server_location(settings.qdrant_url)
+        return server_location(settings.qdrant_url, space)
 
     target = version_dir(settings, version)
     if _manifest(target) is not None:
         return str(target)
-    return str(_publish_folder(settings, version, base, upserts, deletes, target))
+    return str(_publish_folder(settings, version, base, upserts, deletes, target, space))
 
 
 def _publish_folder(
@@ -209,6 +250,7 @@ def _publish_folder(
     upserts: Sequence[RefPoint],
     deletes: Sequence[str],
     target: Path,
+    space: EmbeddingSpace,
 ) -> Path:
     backend: Backend = settings.refs.index_backend
     root = settings.ref_index_dir
@@ -218,6 +260,8 @@ def _publish_folder(
         base_manifest = _manifest(base_folder)
         if base_manifest is None:
             raise RefVersionMissing(base, base_folder, MANIFEST)
+        # Version N+1 holds version N's points: they must be of the same embedder.
+        _check_embedder(base_folder, base_manifest, base, space)
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_dead_temps(root)
@@ -225,7 +269,7 @@ def _publish_folder(
         raise StorageError(f"cannot prepare the reference index folder {root}: {exc}") from exc
     temp = root / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        index = _start(temp, backend, base, base_folder, base_manifest, version)
+        index = _start(temp, backend, base, base_folder, base_manifest, version, space)
         try:
             index.upsert(upserts)
             index.delete(deletes)
@@ -237,8 +281,8 @@ def _publish_folder(
             # The first load of a closed shard rewrites its config file; doing it here
             # leaves the published files unchanged by every later reader, so a later
             # publish may copy them while the worker has them open.
-            EdgeRefIndex.load(temp / backend).close()
-        _write_manifest(temp, version, base, backend, count)
+            EdgeRefIndex.load(temp / backend, dim=space.dim).close()
+        _write_manifest(temp, version, base, backend, count, space)
         try:
             temp.rename(target)
         except OSError:
@@ -264,16 +308,17 @@ def _start(
     base_folder: Path | None,
     base_manifest: dict[str, Any] | None,
     version: int,
+    space: EmbeddingSpace,
 ) -> EdgeRefIndex | QdrantRefIndex:
     """The writable index of a new version: a copy of the base, or empty."""
     engine = temp / backend
     temp.mkdir()
     if base is None or base_folder is None or base_manifest is None:
-        return _empty(engine, backend, version)
+        return _empty(engine, backend, version, space.dim)
     if base_manifest.get("backend") != backend:
         # The settings changed backend since the base was built: carry its points over.
-        index = _empty(engine, backend, version)
-        old = _open_folder(base_folder, base_manifest, base)
+        index = _empty(engine, backend, version, space.dim)
+        old = _open_folder(base_folder, base_manifest, base, space)
         try:
             batch: list[RefPoint] = []
             for point in old.points():
@@ -289,9 +334,9 @@ def _start(
     # so copying it while the worker searches it yields a consistent shard.
     shutil.copytree(base_folder / backend, engine)
     copy: EdgeRefIndex | QdrantRefIndex = (
-        EdgeRefIndex.load(engine, version=version, writable=True)
+        EdgeRefIndex.load(engine, version=version, dim=space.dim, writable=True)
         if backend == "edge"
-        else _local_client_index(engine, version)
+        else _local_client_index(engine, version, space.dim)
     )
     found, expected = copy.count(), base_manifest.get("count")
     if found != expected:
@@ -302,14 +347,19 @@ def _start(
     return copy
 
 
-def _empty(engine: Path, backend: Backend, version: int) -> EdgeRefIndex | QdrantRefIndex:
+def _empty(engine: Path, backend: Backend, version: int, dim: int) -> EdgeRefIndex | QdrantRefIndex:
     if backend == "edge":
-        return EdgeRefIndex.create(engine, version=version)
-    return _local_client_index(engine, version)
+        return EdgeRefIndex.create(engine, version=version, dim=dim)
+    return _local_client_index(engine, version, dim)
 
 
 def _write_manifest(
-    temp: Path, version: int, base: int | None, backend: Backend, count: int
+    temp: Path,
+    version: int,
+    base: int | None,
+    backend: Backend,
+    count: int,
+    space: EmbeddingSpace,
 ) -> None:
     package = "qdrant-edge-py" if backend == "edge" else "qdrant-client"
     manifest = {
@@ -318,7 +368,8 @@ def _write_manifest(
         "backend": backend,
         "engine": f"{package} {metadata.version(package)}",
         "count": count,
-        "dim": REF_DIM,
+        "dim": space.dim,
+        "embedder": space.name,
         "created_at": datetime.now(UTC).isoformat(),
         "tuning": asdict(EDGE_TUNING) if backend == "edge" else None,
     }

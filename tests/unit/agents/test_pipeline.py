@@ -110,6 +110,31 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
     assert pipeline.store.index.count() == 3
 
 
+def test_faces_record_their_embedder_and_land_in_its_collection(
+    pipeline: IngestPipeline,
+) -> None:
+    # The default embedder: dlib's descriptor, named with the hash of its two files.
+    embedder = pipeline.embedder
+    assert embedder.name.startswith("dlib-resnet/sha256=")
+    outcome = pipeline.run(
+        [Incoming(_event(_photo("london_012_neutral.jpg"), "subject-f").to_bytes())]
+    )
+    face = outcome[0].face
+    assert face is not None
+    stored = pipeline.repository.get_face(face.face_id)
+    assert stored is not None
+    assert (stored.embedder, stored.embedder_sha256, stored.embedder_random_init) == (
+        embedder.name,
+        embedder.weights_sha256,
+        False,
+    )
+    index = pipeline.store.index
+    assert index.collection == f"faces-{embedder.space.slug}"
+    [vector] = index.vectors([face.face_id], "face").values()
+    assert vector.shape == (128,)
+    assert index.payloads([face.face_id])[face.face_id]["embedder"] == embedder.name
+
+
 class _FailsOn:
     """A real detector that breaks on images of one width: the batched call then fails."""
 

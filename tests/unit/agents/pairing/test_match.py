@@ -6,6 +6,7 @@ import pytest
 
 from agents.pairing.match import (
     NO_EVIDENCE,
+    SIMILARITY_WEIGHT,
     compatibility_filter,
     decide,
     label_agreement,
@@ -43,8 +44,8 @@ def test_random_init_similarity_does_not_move_the_score() -> None:
     hits = [hit("a", 0.99, gender="male"), hit("b", 0.10, gender="female")]
     face = {"gender": "female"}
 
-    blind = score_candidates(hits, face, similarity_informative=False)
-    seeing = score_candidates(hits, face, similarity_informative=True)
+    blind = score_candidates(hits, face, similarity_informative=False, similarity_weight=0.5)
+    seeing = score_candidates(hits, face, similarity_informative=True, similarity_weight=0.5)
 
     assert [c.ref_id for c in blind] == ["b", "a"]
     assert blind[0].score == 1.0
@@ -56,8 +57,17 @@ def test_random_init_similarity_does_not_move_the_score() -> None:
 
 def test_candidates_are_ordered_by_score_then_id() -> None:
     hits = [hit("b", 0.5), hit("a", 0.5), hit("c", 0.9)]
-    ranked = score_candidates(hits, {}, similarity_informative=True)
+    ranked = score_candidates(hits, {}, similarity_informative=True, similarity_weight=0.5)
     assert [c.ref_id for c in ranked] == ["c", "a", "b"]
+
+
+def test_similarity_does_not_count_by_default_it_is_cross_domain() -> None:
+    # SIMILARITY_WEIGHT is 0: photo-to-drawing similarity showed no signal (BENCHMARKS.md).
+    hits = [hit("a", 0.99, gender="male"), hit("b", 0.10, gender="female")]
+    ranked = score_candidates(hits, {"gender": "female"}, similarity_informative=True)
+    assert SIMILARITY_WEIGHT == 0.0
+    assert [(c.ref_id, c.score) for c in ranked] == [("b", 1.0), ("a", 0.0)]
+    assert ranked[1].similarity == pytest.approx(0.995)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agents.errors import StorageError
+from agents.errors import EmbedderMismatch, StorageError
+from agents.records import EmbeddingSpace
 from agents.stores.refindex import (
     MANIFEST,
     RefFilter,
@@ -36,6 +37,7 @@ from schemas.settings import Settings
 
 BACKENDS = ("edge", "qdrant-local")
 DIM = 512
+SPACE = EmbeddingSpace("test-embedder/dim=512", DIM)
 
 MakeSettings = Callable[..., Settings]
 
@@ -101,12 +103,12 @@ def library(n: int = 60, seed: int = 0) -> list[RefPoint]:
 
 
 def opened(settings: Settings, version: int) -> RefIndex:
-    return open_ref_index(settings, version)
+    return open_ref_index(settings, version, SPACE)
 
 
 def test_a_published_version_reads_back_with_exact_payloads(settings: Settings) -> None:
     points = library()
-    location = publish_version(settings, 1, None, points)
+    location = publish_version(settings, 1, None, points, space=SPACE)
 
     assert location == str(settings.ref_index_dir / "v000001")
     index = opened(settings, 1)
@@ -123,6 +125,42 @@ def test_a_published_version_reads_back_with_exact_payloads(settings: Settings) 
     manifest = json.loads((Path(location) / MANIFEST).read_text())
     assert (manifest["version"], manifest["count"]) == (1, len(points))
     assert manifest["backend"] == settings.refs.index_backend
+    assert (manifest["embedder"], manifest["dim"]) == (SPACE.name, DIM)
+
+
+def test_the_dim_follows_the_embedder_and_another_embedders_version_is_refused(
+    settings: Settings,
+) -> None:
+    dlib_like = EmbeddingSpace("dlib-resnet/sha256=0123456789ab", 128)
+    rng = np.random.default_rng(4)
+    small = [point(i, v) for i, v in enumerate(unit(rng, 5)[:, :128])]
+    small = [RefPoint(p.ref_id, p.vector / np.linalg.norm(p.vector), p.payload) for p in small]
+    with pytest.raises(RefInputError, match=r"shape \(512,\)"):
+        publish_version(settings, 1, None, small, space=SPACE)
+    publish_version(settings, 1, None, small, space=dlib_like)
+    index = open_ref_index(settings, 1, dlib_like)
+    try:
+        assert index.dim == 128
+        assert index.search(small[2].vector, 1)[0].ref_id == small[2].ref_id
+    finally:
+        index.close()
+    # Vectors of two embedders are never compared: opening, or building on, is refused.
+    with pytest.raises(EmbedderMismatch) as caught:
+        open_ref_index(settings, 1, SPACE)
+    assert "dlib-resnet/sha256=0123456789ab" in str(caught.value)
+    assert "S2A_MODELS__EMBEDDER" in str(caught.value)
+    with pytest.raises(EmbedderMismatch):
+        publish_version(settings, 2, 1, library(2), space=SPACE)
+    assert latest_local_version(settings) == 1
+
+
+def test_a_version_that_does_not_record_its_embedder_is_refused(settings: Settings) -> None:
+    location = Path(publish_version(settings, 1, None, library(3), space=SPACE))
+    manifest = json.loads((location / MANIFEST).read_text())
+    del manifest["embedder"]  # as written before embedders were recorded
+    (location / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(EmbedderMismatch, match="an embedder it does not record"):
+        open_ref_index(settings, 1, SPACE)
 
 
 def test_filters_return_only_matching_points_and_k_of_them(settings: Settings) -> None:
@@ -143,7 +181,7 @@ def test_filters_return_only_matching_points_and_k_of_them(settings: Settings) -
         )
         for i in range(12)
     ]
-    publish_version(settings, 1, None, near + far)
+    publish_version(settings, 1, None, near + far, space=SPACE)
     index = opened(settings, 1)
     try:
         hits = index.search(query, 5, RefFilter(style="shoujo"))
@@ -180,7 +218,7 @@ def test_labels_not_shuts_out_those_values_and_lets_unlabelled_references_pass(
     wearing = [point(i, vectors[i], labels={"glasses": "yes"}) for i in range(3)]
     bare = [point(3 + i, vectors[3 + i], labels={"glasses": "no"}) for i in range(2)]
     unlabelled = [point(5 + i, vectors[5 + i], labels={}) for i in range(2)]
-    publish_version(settings, 1, None, wearing + bare + unlabelled)
+    publish_version(settings, 1, None, wearing + bare + unlabelled, space=SPACE)
     index = opened(settings, 1)
     try:
         hits = index.search(vectors[0], 10, RefFilter(labels_not={"glasses": ["yes"]}))
@@ -191,7 +229,7 @@ def test_labels_not_shuts_out_those_values_and_lets_unlabelled_references_pass(
 
 def test_search_many_answers_each_query_as_search_does(settings: Settings) -> None:
     points = library()
-    publish_version(settings, 1, None, points)
+    publish_version(settings, 1, None, points, space=SPACE)
     queries = np.stack([p.vector for p in points[:6]])
     where = RefFilter(style="chibi", labels={"glasses": "no"})
     index = opened(settings, 1)
@@ -211,7 +249,7 @@ def test_next_version_is_base_plus_upserts_minus_deletes_while_base_reader_is_un
     settings: Settings,
 ) -> None:
     old = library(40)
-    publish_version(settings, 1, None, old)
+    publish_version(settings, 1, None, old, space=SPACE)
     reader = opened(settings, 1)  # the worker's view, opened before the publish
     try:
         before = {p.ref_id: reader.search(p.vector, 3) for p in old[:5]}
@@ -222,7 +260,7 @@ def test_next_version_is_base_plus_upserts_minus_deletes_while_base_reader_is_un
         changed = point(3, old[3].vector, style="renpy", version=2)
         deleted = [old[0].ref_id, old[1].ref_id]
 
-        publish_version(settings, 2, 1, [*new, changed], deleted)
+        publish_version(settings, 2, 1, [*new, changed], deleted, space=SPACE)
 
         newer = opened(settings, 2)
         try:
@@ -248,15 +286,17 @@ def test_a_reader_in_another_process_keeps_its_version_while_a_writer_publishes(
 ) -> None:
     settings = make_settings("edge")
     old = library(30)
-    publish_version(settings, 1, None, old)
+    publish_version(settings, 1, None, old, space=SPACE)
     # The worker: opens version 1, then answers one search per line on stdin.
     reader = textwrap.dedent(
         f"""
         import json, sys
         import numpy as np
+        from agents.records import EmbeddingSpace
         from agents.stores.refindex import open_ref_index
         from schemas.settings import Settings
-        index = open_ref_index(Settings(home={str(settings.home)!r}), 1)
+        space = EmbeddingSpace({SPACE.name!r}, {SPACE.dim})
+        index = open_ref_index(Settings(home={str(settings.home)!r}), 1, space)
         print("open", flush=True)
         for line in sys.stdin:
             hits = index.search(np.array(json.loads(line), dtype=np.float32), 1)
@@ -275,7 +315,7 @@ def test_a_reader_in_another_process_keeps_its_version_while_a_writer_publishes(
     try:
         assert proc.stdout.readline().strip() == "open"
         extra = point(500, unit(np.random.default_rng(3), 1)[0], style="renpy")
-        publish_version(settings, 2, 1, [extra], [old[0].ref_id])
+        publish_version(settings, 2, 1, [extra], [old[0].ref_id], space=SPACE)
 
         proc.stdin.write(json.dumps(old[0].vector.tolist()) + "\n")
         proc.stdin.flush()
@@ -293,10 +333,10 @@ def test_a_reader_in_another_process_keeps_its_version_while_a_writer_publishes(
 
 def test_republishing_a_version_changes_nothing(settings: Settings) -> None:
     first = library(20)
-    location = publish_version(settings, 1, None, first)
+    location = publish_version(settings, 1, None, first, space=SPACE)
     manifest = (Path(location) / MANIFEST).read_text()
 
-    again = publish_version(settings, 1, None, library(25, seed=9))
+    again = publish_version(settings, 1, None, library(25, seed=9), space=SPACE)
 
     assert again == location
     assert (Path(location) / MANIFEST).read_text() == manifest
@@ -309,7 +349,7 @@ def test_republishing_a_version_changes_nothing(settings: Settings) -> None:
 
 
 def test_a_failed_publish_leaves_no_version_and_no_temporary_folder(settings: Settings) -> None:
-    publish_version(settings, 1, None, library(20))
+    publish_version(settings, 1, None, library(20), space=SPACE)
     # Damage the base: its copy then holds fewer points than its manifest promises.
     engine = version_dir(settings, 1) / settings.refs.index_backend
     if settings.refs.index_backend == "edge":
@@ -318,7 +358,7 @@ def test_a_failed_publish_leaves_no_version_and_no_temporary_folder(settings: Se
     else:
         (engine / "collection" / "anime_refs" / "storage.sqlite").unlink()
     with pytest.raises(StorageError, match="manifest says 20"):
-        publish_version(settings, 2, 1, library(3, seed=5))
+        publish_version(settings, 2, 1, library(3, seed=5), space=SPACE)
 
     assert not version_dir(settings, 2).exists()
     assert sorted(p.name for p in settings.ref_index_dir.iterdir()) == ["v000001"]
@@ -329,7 +369,7 @@ def test_temporary_folders_of_dead_publishers_are_ignored_then_removed(
     make_settings: MakeSettings,
 ) -> None:
     settings = make_settings("edge")
-    publish_version(settings, 1, None, library(10))
+    publish_version(settings, 1, None, library(10), space=SPACE)
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
@@ -347,8 +387,8 @@ def test_temporary_folders_of_dead_publishers_are_ignored_then_removed(
 
     assert latest_local_version(settings) == 1
     with pytest.raises(RefVersionMissing):
-        open_ref_index(settings, 4)
-    publish_version(settings, 2, 1, library(3, seed=5))
+        open_ref_index(settings, 4, SPACE)
+    publish_version(settings, 2, 1, library(3, seed=5), space=SPACE)
 
     assert not dead.exists()
     assert live.exists()  # its publisher is still running
@@ -357,12 +397,12 @@ def test_temporary_folders_of_dead_publishers_are_ignored_then_removed(
 
 def test_a_missing_version_names_its_folder(settings: Settings) -> None:
     with pytest.raises(RefVersionMissing) as caught:
-        open_ref_index(settings, 7)
+        open_ref_index(settings, 7, SPACE)
     assert str(version_dir(settings, 7)) in str(caught.value)
     assert isinstance(caught.value, StorageError)
     assert isinstance(caught.value, FileNotFoundError)
     with pytest.raises(RefVersionMissing, match="v000003"):
-        publish_version(settings, 4, 3, library(2))
+        publish_version(settings, 4, 3, library(2), space=SPACE)
 
 
 def test_both_backends_return_the_exact_top_hits(make_settings: MakeSettings) -> None:
@@ -380,8 +420,8 @@ def test_both_backends_return_the_exact_top_hits(make_settings: MakeSettings) ->
     answers: dict[str, list[list[tuple[str, float]]]] = {}
     for backend in BACKENDS:
         settings = make_settings(backend, home=backend)
-        publish_version(settings, 1, None, points)
-        index = open_ref_index(settings, 1)
+        publish_version(settings, 1, None, points, space=SPACE)
+        index = open_ref_index(settings, 1, SPACE)
         try:
             answers[backend] = [
                 [(h.ref_id, h.score) for h in hits]
@@ -411,10 +451,14 @@ def test_an_optimised_edge_library_still_answers_exactly(make_settings: MakeSett
     styles = rng.integers(0, 3, n)
     names = ("ghibli", "shoujo", "chibi")
     publish_version(
-        settings, 1, None, [point(i, vectors[i], style=names[styles[i]]) for i in range(n)]
+        settings,
+        1,
+        None,
+        [point(i, vectors[i], style=names[styles[i]]) for i in range(n)],
+        space=SPACE,
     )
     queries = unit(rng, 20)
-    index = open_ref_index(settings, 1)
+    index = open_ref_index(settings, 1, SPACE)
     try:
         plain = index.search_many(queries, 10)
         filtered = index.search_many(queries, 10, RefFilter(style="shoujo"))
@@ -431,17 +475,19 @@ def test_prune_keeps_the_newest_and_an_open_pruned_version_still_answers(
     settings: Settings,
 ) -> None:
     points = library(12)
-    publish_version(settings, 1, None, points)
+    publish_version(settings, 1, None, points, space=SPACE)
     oldest = opened(settings, 1)
     try:
         for version in range(2, 6):
-            publish_version(settings, version, version - 1, [], [points[version].ref_id])
+            publish_version(
+                settings, version, version - 1, [], [points[version].ref_id], space=SPACE
+            )
 
         assert prune_versions(settings, keep=2) == [1, 2, 3]
         assert sorted(p.name for p in settings.ref_index_dir.iterdir()) == ["v000004", "v000005"]
         assert prune_versions(settings, keep=2) == []
         with pytest.raises(RefVersionMissing):
-            open_ref_index(settings, 3)
+            open_ref_index(settings, 3, SPACE)
         # Deleted on disk, still open here (Linux keeps the files while they are open).
         assert oldest.count() == 12
         assert oldest.search(points[2].vector, 1)[0].ref_id == points[2].ref_id
@@ -460,10 +506,10 @@ def test_bad_input_is_refused_with_the_argument_named(settings: Settings) -> Non
     ]
     for bad, message in bad_points:
         with pytest.raises(RefInputError, match=message):
-            publish_version(settings, 1, None, [good[1], bad])
+            publish_version(settings, 1, None, [good[1], bad], space=SPACE)
     assert latest_local_version(settings) is None
 
-    publish_version(settings, 1, None, good)
+    publish_version(settings, 1, None, good, space=SPACE)
     index = opened(settings, 1)
     try:
         cases: list[tuple[Callable[[], Any], str]] = [
