@@ -171,13 +171,7 @@ class Catalog:
         with sql_errors(f"commit of library version {version}"):
             try:
                 with self._writer.begin() as connection:
-                    current = _max_version(connection)
-                    if current != base:
-                        raise VersionConflict(
-                            f"library version {current} appeared while version {version} was "
-                            "being built; run the command again"
-                        )
-                    connection.execute(_VERSIONS.insert(), version_row)
+                    _insert_version(connection, base, version_row)
                     connection.execute(_REFS.insert(), ref_rows)
                     if label_rows:
                         connection.execute(_REF_LABELS.insert(), label_rows)
@@ -226,13 +220,7 @@ class Catalog:
         with sql_errors(f"commit of library version {version}"):
             try:
                 with self._writer.begin() as connection:
-                    current = _max_version(connection)
-                    if current != base:
-                        raise VersionConflict(
-                            f"library version {current} appeared while version {version} was "
-                            "being built; run the command again"
-                        )
-                    connection.execute(_VERSIONS.insert(), version_row)
+                    _insert_version(connection, base, version_row)
                     if connection.execute(change).rowcount != 1:
                         raise VersionConflict(
                             f"reference {ref.ref_id} changed status meanwhile; list it and "
@@ -289,6 +277,18 @@ def _ref_row(
         "library_version": version,
         "added_at": now,
     }
+
+
+def _insert_version(connection: Connection, base: int | None, row: dict[str, Any]) -> None:
+    """Insert the library version ``row`` if ``base`` is still the current version (inside
+    the caller's write transaction), else :class:`VersionConflict`."""
+    current = _max_version(connection)
+    if current != base:
+        raise VersionConflict(
+            f"library version {current} appeared while version {row['version']} was "
+            "being built; run the command again"
+        )
+    connection.execute(_VERSIONS.insert(), row)
 
 
 def _max_version(connection: Connection) -> int | None:
