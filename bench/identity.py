@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from agents.records import CleanImage, Detection, EmbedInput  # noqa: E402
 from agents.reembed import StoredFace, embed_input  # noqa: E402
-from agents.references.style import resize_square, square_pad  # noqa: E402
+from agents.references.palette import square_pad  # noqa: E402
+from agents.references.style import resize_square  # noqa: E402
 from agents.stages.align import align  # noqa: E402
 from agents.stages.detect import MtcnnDetector  # noqa: E402
 from agents.stages.embed import build_embedder  # noqa: E402

@@ -7,8 +7,9 @@
 * :mod:`agents.references.catalog`: the SQL rows of references, labels and versions.
 * :mod:`agents.references.inputs`: what ``add`` is given: :class:`Attribution`,
   :class:`Box`, :class:`RefInput`, license normalisation and the ``--sources`` CSV.
-* :mod:`agents.references.style`: style statistics, outlier judging, palettes and the
-  512 px training version of a reference (pure functions).
+* :mod:`agents.references.style`: style statistics and outlier judging (pure functions).
+* :mod:`agents.references.palette`: a style's palette and the 512 px training version of
+  a reference (pure functions).
 * Its errors (``ReferenceLibraryError`` and below, re-exported here) are drawn in
   :mod:`agents.errors`; why a file was refused is a :class:`~schemas.reasons.RefReason`.
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from agents.errors import ImageRefused, InvalidRequest, LicenseRefused, Rejected
 from agents.records import RGBImage
+from agents.references import palette as pal
 from agents.references import style as st
 from agents.references.inputs import (
     NO_CREDIT_NEEDED,
@@ -211,7 +212,7 @@ def admit(
     original = blobs.put(encode_png(pixels))
     # The statistics shrink the region themselves (never enlarging it); the palette
     # histogram is taken at STATS_SIDE.
-    small = st.resize_square(region, st.STATS_SIDE)
+    small = st.resize_square(region, pal.STATS_SIDE)
     return Candidate(
         index=index,
         name=name,
@@ -225,7 +226,7 @@ def admit(
         box=region_box,
         original=original,
         stats=st.measure(region),
-        histogram=st.lab_histograms(small),
+        histogram=pal.lab_histograms(small),
     )
 
 

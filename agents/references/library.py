@@ -55,6 +55,7 @@ from sqlalchemy import Engine
 
 from agents.errors import InvalidRequest, RefRefused, StorageError
 from agents.records import EMBED_SIZE, EmbedInput, RGBImage
+from agents.references import palette as pal
 from agents.references import style as st
 from agents.references.admission import (
     REF_NAMESPACE,
@@ -341,7 +342,7 @@ class RefLibrary:
         except OSError as exc:
             raise StorageError(f"cannot remove the uncommitted index {folder}: {exc}") from exc
 
-    def _palette(self, existing: list[ActiveRef], new: list[st.FloatArray]) -> st.Palette | None:
+    def _palette(self, existing: list[ActiveRef], new: list[st.FloatArray]) -> pal.Palette | None:
         """The style's palette over its active references, the new ones included.
 
         Existing references are re-read from their original blobs, so the palette always
@@ -350,11 +351,11 @@ class RefLibrary:
         histograms = list(new)
         for ref in existing:
             region = self._region_of(ref.original, ref.box)
-            histograms.append(st.lab_histograms(st.resize_square(region, st.STATS_SIDE)))
-        return st.Palette.from_histograms(histograms) if histograms else None
+            histograms.append(pal.lab_histograms(st.resize_square(region, pal.STATS_SIDE)))
+        return pal.Palette.from_histograms(histograms) if histograms else None
 
     def _derive(
-        self, candidates: list[Candidate], palette: st.Palette | None
+        self, candidates: list[Candidate], palette: pal.Palette | None
     ) -> dict[str, npt.NDArray[np.float32]]:
         """Store every candidate's training version; embed the active ones (by ref id).
 
@@ -366,8 +367,8 @@ class RefLibrary:
             chunk = candidates[start : start + step]
             faces: dict[str, EmbedInput] = {}
             for c in chunk:
-                square = st.square_pad(self._region_of(c.original, c.box))
-                c.training = self.blobs.put(encode_png(st.training_image(square, palette)))
+                square = pal.square_pad(self._region_of(c.original, c.box))
+                c.training = self.blobs.put(encode_png(pal.training_image(square, palette)))
                 if not c.is_outlier:
                     faces[c.ref_id] = _embed_input(square)
             if faces:
@@ -503,7 +504,7 @@ class RefLibrary:
 
     def _vector_of(self, ref: AnimeRef) -> npt.NDArray[np.float32]:
         """A stored reference's embedding, made from its original as :meth:`add` makes it."""
-        square = st.square_pad(self._region_of(ref.original, ref.box))
+        square = pal.square_pad(self._region_of(ref.original, ref.box))
         vector: npt.NDArray[np.float32] = self.embedder.embed([_embed_input(square)])[0]
         return vector
 

@@ -1,4 +1,4 @@
-"""What an art style looks like, in numbers: statistics, outlier judging, palettes.
+"""What an art style looks like, in numbers: statistics and outlier judging.
 
 Pure numpy/OpenCV functions over RGB uint8 arrays; nothing here reads files or settings.
 
@@ -14,9 +14,8 @@ Pure numpy/OpenCV functions over RGB uint8 arrays; nothing here reads files or s
   and "does it look *sketched*?" and decide at the limit; one statistic alone decides only
   at :data:`GROSS` times it. Palette statistics decide only when a composite is already
   borderline (within :data:`PALETTE_MARGIN` of the limit).
-* :class:`Palette` is a style's colour distribution (per-channel CDFs in CIE Lab, pooled
-  over its references); :func:`match_histogram` moves an image onto it and
-  :func:`training_image` makes the 512 px training version of a reference.
+* A style's palette and the training version of a reference are in
+  :mod:`agents.references.palette`.
 
 Every threshold below names its source. The statistics, the composites' terms and the
 floors were chosen and measured on the labelled check set of ``bench/style_check.py``
@@ -29,8 +28,6 @@ Example::
     stats = measure(region)                       # {'edge_crispness': 2.8, ...}
     verdicts = judge([stats], style_refs, z_limit=3.5, min_size=5)
     verdicts[0].outliers                          # {'photographic': 6.2}
-    palette = Palette.pooled([r1, r2, r3])
-    train = training_image(region, palette)       # 512 x 512 x 3 uint8
 """
 
 from __future__ import annotations
@@ -53,13 +50,10 @@ __all__ = [
     "MEASURE_SIDE",
     "PALETTE_MARGIN",
     "STATISTICS",
-    "STATS_SIDE",
-    "TRAINING_SIDE",
     "Index",
-    "Palette",
     "Statistic",
     "Verdict",
-    "cdf_distance",
+    "check_rgb",
     "chroma",
     "colourful_fraction",
     "edge_crispness",
@@ -68,7 +62,6 @@ __all__ = [
     "fine_noise",
     "judge",
     "line_density",
-    "match_histogram",
     "measure",
     "missing_statistics",
     "palette_size",
@@ -76,9 +69,7 @@ __all__ = [
     "resize_square",
     "robust_z",
     "spectral_slope",
-    "square_pad",
     "tone_entropy",
-    "training_image",
 ]
 
 MEASURE_SIDE = 128
@@ -86,10 +77,6 @@ MEASURE_SIDE = 128
 ``refs.min_side_px`` holds, which defaults to the same 128). Enlarging invents smoothness:
 measured at 256, the 200 px painted ``pc_pepper2015_face.jpg`` looked like a photo crop,
 because the crops were kept at full detail and the other references shrunk."""
-STATS_SIDE = 256
-"""Palette histograms are taken on the face region resized to this square."""
-TRAINING_SIDE = 512
-"""The training version of a reference is this square."""
 
 #: Lab chroma above which a pixel counts as colourful (skin in a studio photo is ~10,
 #: painted anime skin 20-30, hair and eyes more).
@@ -423,7 +410,7 @@ def measure(region: RGBImage) -> Stats:
     region is kept at its own shorter side rather than enlarged), so the numbers describe
     the rendering at one scale whatever the image's resolution.
     """
-    _check_rgb(region, "region")
+    check_rgb(region, "region")
     side = min(MEASURE_SIDE, *region.shape[:2])
     small = np.asarray(
         cv2.resize(region, (side, side), interpolation=cv2.INTER_AREA), dtype=np.uint8
@@ -568,118 +555,7 @@ def _verdict(
     )
 
 
-# -- palettes and training images ---------------------------------------------------------
-
-
-def lab_histograms(rgb: RGBImage) -> FloatArray:
-    """``(3, 256)`` normalised histograms of OpenCV's 8-bit L, a and b channels."""
-    _check_rgb(rgb, "rgb")
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).reshape(-1, 3)
-    hist = np.stack([np.bincount(lab[:, c], minlength=256) for c in range(3)]).astype(np.float64)
-    normalised: FloatArray = hist / hist.sum(axis=1, keepdims=True)
-    return normalised
-
-
-@dataclass(frozen=True, slots=True)
-class Palette:
-    """A style's colour distribution: the CDF of each Lab channel, pooled over references.
-
-    Lab rather than RGB because matching treats channels independently: in Lab, light
-    (L) and colour (a, b) are nearly uncorrelated, so moving one leaves the others
-    alone, while per-channel RGB matching shifts hues whenever it changes brightness.
-
-    Example::
-
-        palette = Palette.pooled(regions_of_the_style)
-        matched = match_histogram(photo, palette)
-    """
-
-    cdf: FloatArray
-    """``(3, 256)``, non-decreasing, each row ending at 1"""
-    references: int
-
-    @classmethod
-    def from_histograms(cls, histograms: Sequence[FloatArray]) -> Palette:
-        """Every reference weighs the same, whatever its size."""
-        if not histograms:
-            raise ValueError("a palette needs at least one reference histogram")
-        pooled = np.mean(np.stack(histograms), axis=0)
-        cdf = np.cumsum(pooled, axis=1)
-        return cls(cdf=cdf / cdf[:, -1:], references=len(histograms))
-
-    @classmethod
-    def pooled(cls, regions: Sequence[RGBImage]) -> Palette:
-        return cls.from_histograms([lab_histograms(r) for r in regions])
-
-
-def match_histogram(rgb: RGBImage, palette: Palette) -> RGBImage:
-    """``rgb`` with each Lab channel's distribution moved onto ``palette``'s.
-
-    Classic CDF matching: a level at quantile q of the image becomes the palette's level
-    at quantile q, so the order of levels (the drawing) is kept.
-    """
-    _check_rgb(rgb, "rgb")
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
-    out = np.empty_like(lab)
-    for c in range(3):
-        hist = np.bincount(lab[..., c].ravel(), minlength=256).astype(np.float64)
-        # Mid-bin quantiles: a level's pixels sit in the middle of their CDF step, so a
-        # flat image maps to the palette's median rather than to its top.
-        source = (np.cumsum(hist) - hist / 2) / hist.sum()
-        lut = np.searchsorted(palette.cdf[c], source, side="left").clip(0, 255)
-        out[..., c] = lut.astype(np.uint8)[lab[..., c]]
-    return np.asarray(cv2.cvtColor(out, cv2.COLOR_LAB2RGB), dtype=np.uint8)
-
-
-def cdf_distance(rgb: RGBImage, palette: Palette) -> float:
-    """Mean over L, a, b of the earth mover's distance (in 8-bit levels) to ``palette``.
-
-    The area between the two CDFs: 0 when the image's channel distributions equal the
-    palette's, ``d`` when every level is off by ``d``.
-    """
-    cdf = np.cumsum(lab_histograms(rgb), axis=1)
-    return float(np.abs(cdf - palette.cdf).sum(axis=1).mean())
-
-
-def square_pad(region: RGBImage) -> RGBImage:
-    """``region`` centred on a square filled with its border colour (median of the edge).
-
-    Padding rather than centre-cropping: face crops of sprites are taller than wide and
-    a crop would cut off the chin or the hair the pair is about; the border of an anime
-    crop is mostly background, so the padding continues it without a visible seam.
-    """
-    _check_rgb(region, "region")
-    h, w = region.shape[:2]
-    if h == w:
-        return region
-    edge = np.concatenate([region[0], region[-1], region[:, 0], region[:, -1]])
-    colour = [int(v) for v in np.median(edge, axis=0)]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    return np.asarray(
-        cv2.copyMakeBorder(
-            region,
-            top,
-            side - h - top,
-            left,
-            side - w - left,
-            cv2.BORDER_CONSTANT,
-            value=colour,
-        ),
-        dtype=np.uint8,
-    )
-
-
-def training_image(region: RGBImage, palette: Palette | None) -> RGBImage:
-    """The training version of a reference: padded square, 512 px, matched to ``palette``.
-
-    ``None`` leaves the colours as they are (a style with no active reference yet).
-    """
-    square = resize_square(square_pad(region), TRAINING_SIDE)
-    return square if palette is None else match_histogram(square, palette)
-
-
-def _check_rgb(image: RGBImage, name: str) -> None:
+def check_rgb(image: RGBImage, name: str) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(
             f"{name} must be a non-empty height x width x 3 uint8 RGB array, "

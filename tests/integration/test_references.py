@@ -36,7 +36,8 @@ from agents.references import (
     read_sources,
     ref_id_for,
 )
-from agents.references.style import TRAINING_SIDE, resize_square, square_pad
+from agents.references.palette import TRAINING_SIDE, square_pad
+from agents.references.style import resize_square
 from agents.stages.embed import INPUT_SIZE, InceptionEmbedder
 from agents.stores.blobs import BlobStore
 from agents.stores.refindex import (

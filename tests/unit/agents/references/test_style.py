@@ -18,20 +18,22 @@ import numpy as np
 import pytest
 
 from agents.records import RGBImage
+from agents.references.palette import (
+    TRAINING_SIDE,
+    Palette,
+    cdf_distance,
+    match_histogram,
+    square_pad,
+    training_image,
+)
 from agents.references.style import (
     INDICES,
     PALETTE_MARGIN,
     STATISTICS,
-    TRAINING_SIDE,
-    Palette,
-    cdf_distance,
     judge,
-    match_histogram,
     measure,
     missing_statistics,
     robust_z,
-    square_pad,
-    training_image,
 )
 from agents.stages.imageio import decode_image
 from schemas.settings import LimitSettings, RefSettings
