@@ -3,9 +3,10 @@
 One head per learnable label (:data:`schemas.labels.LEARNABLE`) that had enough reviewed
 faces: a multinomial logistic regression on the face embedding (the embedder's ``dim``:
 128 for dlib, 512 for InceptionResnetV1), its probabilities calibrated by a temperature, so
-a reported confidence of 0.9 means about 90% right on faces the head has not seen. This
-module loads heads and applies them; training them (the method, the held-out metrics, the
-calibration) is :mod:`trainer.labels.heads` (``s2a labels train``).
+a reported confidence of 0.9 means about 90% right on people the head has not seen (the
+temperature is fitted on held-out scores, with every face of a subject held out together).
+This module loads heads and applies them; training them (the method, the subject-wise
+cross-validation, the calibration) is :mod:`trainer.labels.heads` (``s2a labels train``).
 
 The predictions become ``model`` labels (:func:`model_labels`); they count only at or above
 ``settings.pairing.min_model_confidence`` (:func:`schemas.labels.resolve`), so an unsure
@@ -92,9 +93,14 @@ class LabelHeads:
     """Trained heads by label name, with what each was trained on and how it scored.
 
     ``metrics[name]`` holds, for a trained head: ``classes``, ``counts`` (reviewed faces
-    per value), ``train`` and ``held_out`` row counts, ``accuracy``, ``balanced_accuracy``,
-    ``chance`` (the majority value's share of the held-out rows), ``temperature`` and
-    ``trained_at``; for a label without a head: ``skipped`` (why) and ``counts``.
+    per value), ``subjects`` and ``folds`` (the cross-validation by subject), ``train``
+    (rows the shipped head learned) and ``held_out`` (rows scored out of fold: all of
+    them, once each), ``accuracy``, ``balanced_accuracy``, ``subject_accuracy`` (mean
+    over subjects), ``chance`` (the majority value's share of the held-out rows),
+    ``temperature``, ``threshold`` with ``confident_share`` and ``confident_accuracy``
+    (share of held-out guesses at or above it, and their accuracy; None when none is),
+    ``calibration_error`` (expected, 10 bins) and ``trained_at``; for a label without a
+    head: ``skipped`` (why) and ``counts``. Older files lack the subject-wise keys.
 
     Made by :func:`trainer.labels.heads.train_heads`.
 

@@ -35,9 +35,10 @@ from agents.records import (
     QualityReport,
     ValidUpload,
 )
-from agents.sink import FaceStore
+from agents.sink import DuplicateRule, FaceStore
 from agents.stages.align import align
 from agents.stages.anonymize import read_image, strip_identity
+from agents.stages.appearance import appearance_labels
 from agents.stages.detect import FaceDetector
 from agents.stages.embed import Embedder, build_embedder
 from agents.stages.imageio import decode_image
@@ -178,11 +179,18 @@ class IngestPipeline:
             torch.get_num_threads(),
         )
         embedder = embedder or build_embedder(models, settings.worker.embed_batch_size)
+        # A random-init embedder's identity distances mean nothing: duplicates are then
+        # decided on appearance alone, and no face is flagged.
+        informative = not embedder.random_init
         store = FaceStore(
             BlobStore(settings.blob_dir),
             FaceIndex.from_settings(settings, embedder.space),
             repository,
-            duplicate_similarity=settings.worker.duplicate_similarity,
+            duplicates=DuplicateRule.from_settings(
+                settings.worker, identity_informative=informative
+            ),
+            mismatch_distance=settings.worker.identity_mismatch_distance if informative else None,
+            link_distance=settings.worker.identity_link_distance if informative else None,
         )
         return cls(
             settings=settings,
@@ -339,7 +347,8 @@ class IngestPipeline:
             embedder=self.embedder.name,
             embedder_sha256=self.embedder.weights_sha256,
             random_init=self.embedder.random_init,
-            measured=measured_labels(_require(item.report)),
+            measured=measured_labels(_require(item.report))
+            + appearance_labels(_require(item.report), _require(item.aligned), item.image),
             origin=item.incoming.origin,
         )
 

@@ -16,7 +16,8 @@ face id), then its SQL rows are switched to the target embedder in one transacti
 in between redoes that batch only. The old collection is left as it was (going back is
 another reembed), and the appearance signature that the duplicate check compares moves
 with each face: copied from its old collection, or computed from the re-aligned crop when
-the old point is gone.
+the old point is gone. Identity links (one person under two subject ids) are made again in
+the new space, as ingestion makes them; links of the old space stay.
 
 Example::
 
@@ -27,15 +28,14 @@ Example::
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 from qdrant_client import QdrantClient
 from sqlalchemy import Engine, Table, func, select, update
 from sqlmodel import SQLModel
@@ -44,15 +44,17 @@ from agents.errors import StorageError
 from agents.records import EMBED_SIZE, CleanImage, EmbedInput, RGBImage
 from agents.stages.align import align
 from agents.stages.embed import Embedder
+from agents.stages.imageio import decode_crop
 from agents.stages.prepare import appearance_signature
 from agents.stores.blobs import BlobStore
 from agents.stores.db import sql_errors
 from agents.stores.faces import APPEARANCE_VECTOR, FACE_VECTOR, FACES, FaceIndex, faces_collection
-from schemas.tables import Face
+from schemas.tables import Face, IdentityLink
 
 log = logging.getLogger(__name__)
 
 _FACES: Table = SQLModel.metadata.tables[Face.__tablename__]
+_LINKS: Table = SQLModel.metadata.tables[IdentityLink.__tablename__]
 #: The aligned crop faces are embedded again from (the largest one stored).
 SOURCE_SIZE = 512
 
@@ -119,12 +121,15 @@ class Reembedder:
         embedder: Embedder,
         *,
         payload_index: bool = False,
+        link_distance: float | None = None,
     ) -> None:
         self.engine = engine
         self.blobs = blobs
         self.client = client
         self.embedder = embedder
         self.target = FaceIndex(client, embedder.space, payload_index=payload_index)
+        # A random-init embedder's distances mean nothing: it links no one.
+        self.link_distance = None if embedder.random_init else link_distance
 
     def pending(self) -> list[StoredFace]:
         """Faces not on the target embedder, oldest first."""
@@ -187,10 +192,8 @@ class Reembedder:
                 continue
             except OSError as exc:
                 raise StorageError(f"cannot read crop blob {face.crop}: {exc}") from exc
-            with Image.open(io.BytesIO(data)) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
             faces.append(face)
-            inputs.append(embed_input(pixels, face))
+            inputs.append(embed_input(decode_crop(data), face))
         return faces, inputs
 
     def _move(self, faces: list[StoredFace], inputs: list[EmbedInput]) -> None:
@@ -221,8 +224,45 @@ class Reembedder:
                 embedder_random_init=self.embedder.random_init,
             )
         )
+        links = self._links(faces, vectors)
         with sql_errors("switching faces to the new embedder"), self.engine.begin() as connection:
             connection.execute(statement)
+            known = {
+                (row.face_id, row.other_face_id)
+                for row in connection.execute(
+                    select(_LINKS.c.face_id, _LINKS.c.other_face_id).where(
+                        _LINKS.c.face_id.in_([face.face_id for face in faces])
+                    )
+                )
+            }
+            fresh = [
+                link for link in links if (link["face_id"], link["other_face_id"]) not in known
+            ]
+            if fresh:
+                connection.execute(_LINKS.insert(), fresh)
+
+    def _links(
+        self, faces: list[StoredFace], vectors: npt.NDArray[np.float32]
+    ) -> list[dict[str, Any]]:
+        """Identity links of the moved faces to faces of other subjects already in the
+        target collection, as ingestion makes them (:meth:`agents.sink.FaceStore.
+        identity_links`): every pair of linked faces is found when the later of the two
+        moves, so a finished reembed links the whole store in the new space."""
+        if self.link_distance is None:
+            return []
+        now = datetime.now(UTC)
+        return [
+            {
+                "face_id": face.face_id,
+                "other_face_id": other,
+                "distance": round(distance, 6),
+                "embedder": self.embedder.name,
+                "created_at": now,
+            }
+            for face, vector in zip(faces, vectors, strict=True)
+            for other, subject, distance in self.target.near(vector, self.link_distance)
+            if subject != face.subject
+        ]
 
     def _old_signatures(self, faces: list[StoredFace]) -> dict[str, npt.NDArray[np.float32]]:
         """Each face's appearance signature from its previous collection (or the single

@@ -1,13 +1,24 @@
 """Anime reference search: latency and recall@10 of the reference index backends.
 
-For each vector kind (clustered, like real embeddings: a few hundred Gaussian clusters on
-the sphere; uniform random, the hard case for graph indexes; with ``--kinds collapsed``,
-what the seeded random-init embedder gives: every pair above 0.9997), each library size
-and each backend, the index is built the way `s2a refs add` builds it (``publish_version``)
-and opened the way the worker opens it (``open_ref_index``). Then top-10 queries run
-without a filter and with one (one style of 8, plus ``labels.glasses`` equal to "yes" or
-"no", which 25% and 75% of the references carry), and recall@10 is scored against numpy
-brute force with the same filter.
+Vectors are ``--dim``-d, 128 by default: what the default embedder (dlib's ResNet
+descriptor) gives; 512 is InceptionResnetV1's. For each vector kind (clustered, like real
+embeddings: a few hundred Gaussian clusters on the sphere; uniform random, the hard case
+for graph indexes; with ``--kinds collapsed``, what the seeded random-init embedder gives:
+every pair above 0.9997), each library size and each backend, the index is built the way
+`s2a refs add` builds it (``publish_version``) and opened the way the worker opens it
+(``open_ref_index``). Then top-10 queries run without a filter and with one (one style of
+8, plus ``labels.glasses`` equal to "yes" or "no", which 25% and 75% of the references
+carry), and recall@10 is scored against numpy brute force with the same filter, computed
+after the timed queries: that matmul runs on OpenBLAS's thread pool, whose threads keep
+spinning for a while after it and take the cores from the query that follows.
+``--busy-blas`` computes it between the timed queries instead (as this benchmark did
+before): a neighbour the worker may have too (an embedder's or a label head's matmul just
+before a search).
+
+Backend ``edge`` searches the in-memory copy of the shard (the default,
+``EdgeTuning.in_memory``); ``edge-engine`` searches the same published shard with the
+engine's own search, the baseline it replaced. For ``edge`` the build table's *first
+search* includes reading the shard into memory.
 
 qdrant-client's local mode scans in Python (~1 s a filtered query at 100k), so it runs
 ``--local-queries`` queries at sizes of 20k and more; its on-disk store commits every
@@ -17,10 +28,10 @@ search code is the same) and the table says so.
 ``--sweep`` instead compares qdrant-edge tunings at ``--sweep-size`` (HNSW builds take
 minutes there): the evidence for the constants in ``agents/stores/refindex/tuning.py``.
 
-Usage:  python bench/matching.py [--sizes 1000,10000,100000] [--queries 200]
-            [--kinds clustered,uniform] [--backends edge,qdrant-local] [--json OUT]
-            [--local-queries 25] [--local-path-max 10000]
-        python bench/matching.py --sweep [--sweep-size 100000] [--queries 200]
+Usage:  python bench/matching.py [--sizes 1000,10000,100000] [--queries 200] [--dim 128]
+            [--kinds clustered,uniform] [--backends edge,edge-engine,qdrant-local]
+            [--busy-blas] [--json OUT] [--local-queries 25] [--local-path-max 10000]
+        python bench/matching.py --sweep [--sweep-size 100000] [--queries 200] [--dim 128]
 Prints Markdown tables.
 """
 
@@ -61,13 +72,12 @@ from agents.stores.refindex import (  # noqa: E402
     RefPoint,
     open_ref_index,
     publish_version,
+    version_dir,
 )
 from schemas.settings import Settings  # noqa: E402
 
-DIM = 512
-#: The index records the embedder of its vectors; these are synthetic, of InceptionResnetV1's
-#: length (dlib's 128-d vectors only make every scan cheaper).
-SPACE = EmbeddingSpace("bench/synthetic-512", DIM)
+#: The default embedder's (dlib's ResNet descriptor) vector length.
+DIM = 128
 K = 10
 STYLES = tuple(f"style{i}" for i in range(8))
 GLASSES_YES = 0.25
@@ -125,10 +135,11 @@ class Library:
         """The exact top-k ids (numpy brute force) and how many references match."""
         key = (n, j, filtered)
         if key not in self._truths:
-            self._truths[key] = self._brute_force(n, j, filtered)
+            self._truths[key] = self.brute_force(n, j, filtered)
         return self._truths[key]
 
-    def _brute_force(self, n: int, j: int, filtered: bool) -> tuple[set[int], int]:
+    def brute_force(self, n: int, j: int, filtered: bool) -> tuple[set[int], int]:
+        """:meth:`truth`, computed again: a (n, dim) x (dim,) OpenBLAS matmul."""
         scores = self.vectors[:n] @ self.queries[j]
         if filtered:
             mask = (self.styles[:n] == self.query_styles[j]) & (
@@ -154,19 +165,24 @@ def unit(x: Vectors) -> Vectors:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_library(kind: str, n: int, queries: int, seed: int = 0) -> Library:
+def space(dim: int) -> EmbeddingSpace:
+    """The index records the embedder of its vectors; these are synthetic."""
+    return EmbeddingSpace(f"bench/synthetic-{dim}", dim)
+
+
+def make_library(kind: str, n: int, queries: int, dim: int = DIM, seed: int = 0) -> Library:
     rng = np.random.default_rng(seed)
     total = n + queries
     if kind == "clustered":
-        centres = unit(rng.standard_normal((CLUSTERS, DIM)).astype(np.float32))
-        noise = rng.standard_normal((total, DIM)).astype(np.float32) * (SPREAD / np.sqrt(DIM))
+        centres = unit(rng.standard_normal((CLUSTERS, dim)).astype(np.float32))
+        noise = rng.standard_normal((total, dim)).astype(np.float32) * (SPREAD / np.sqrt(dim))
         vectors = unit(centres[rng.integers(0, CLUSTERS, total)] + noise)
     elif kind == "uniform":
-        vectors = unit(rng.standard_normal((total, DIM)).astype(np.float32))
+        vectors = unit(rng.standard_normal((total, dim)).astype(np.float32))
     elif kind == "collapsed":
         # What the seeded random-init embedder produces: every pair above 0.9997 cosine.
-        centre = unit(rng.standard_normal((1, DIM)).astype(np.float32))
-        noise = rng.standard_normal((total, DIM)).astype(np.float32) * (COLLAPSED / np.sqrt(DIM))
+        centre = unit(rng.standard_normal((1, dim)).astype(np.float32))
+        noise = rng.standard_normal((total, dim)).astype(np.float32) * (COLLAPSED / np.sqrt(dim))
         vectors = unit(centre + noise)
     else:
         raise SystemExit(f"--kinds: unknown vector kind {kind!r} (clustered, uniform, collapsed)")
@@ -181,31 +197,46 @@ def make_library(kind: str, n: int, queries: int, seed: int = 0) -> Library:
     )
 
 
-def measure(index: RefIndex, lib: Library, n: int, queries: int, filtered: bool) -> dict[str, Any]:
-    """Per-query wall time, recall@10 and short answers (fewer than k hits while at least
-    k references match)."""
+def measure(
+    index: RefIndex, lib: Library, n: int, queries: int, filtered: bool, busy_blas: bool = False
+) -> dict[str, Any]:
+    """Per-query wall time of ``queries`` top-k searches after a warm-up, and their
+    answers (for :func:`score`, once every timed pass is done). With ``busy_blas`` the
+    exact answer of each query is computed right after it, before the next one."""
     for j in range(min(WARMUP, queries)):
         index.search(lib.queries[j], K, lib.where(j) if filtered else None)
-    times, recalls, short = [], [], 0
+    times, answers = [], []
     for j in range(queries):
         where = lib.where(j) if filtered else None
         start = time.perf_counter()
         hits = index.search(lib.queries[j], K, where)
         times.append(time.perf_counter() - start)
-        truth, matching = lib.truth(n, j, filtered)
-        got = {index_of(h.ref_id) for h in hits}
-        recalls.append(len(truth & got) / len(truth) if truth else 1.0)
-        short += len(hits) < min(K, matching)
+        answers.append({index_of(h.ref_id) for h in hits})
+        if busy_blas:
+            lib.brute_force(n, j, filtered)
     ms = np.array(times) * 1000
     return {
         "filter": "style+glasses" if filtered else "none",
         "queries": queries,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "recall": float(statistics.fmean(recalls)),
-        "min_recall": float(min(recalls)),
-        "short": short,
+        "max_ms": float(ms.max()),
+        "busy_blas": busy_blas,
+        "answers": answers,
     }
+
+
+def score(row: dict[str, Any], lib: Library, n: int) -> dict[str, Any]:
+    """``row`` (from :func:`measure`) with recall@10 and short answers (fewer than k hits
+    while at least k references match) in place of its answers."""
+    filtered = row["filter"] != "none"
+    recalls, short = [], 0
+    for j, got in enumerate(row.pop("answers")):
+        truth, matching = lib.truth(n, j, filtered)
+        recalls.append(len(truth & got) / len(truth) if truth else 1.0)
+        short += len(got) < min(K, matching)
+    row.update(recall=float(statistics.fmean(recalls)), min_recall=float(min(recalls)), short=short)
+    return row
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -220,30 +251,51 @@ def run_backend(
     """Build, open, search, then publish the next version (10 refs in, 10 out) while the
     first is still open, as `s2a refs add` does beside a running worker."""
     points = lib.points(n)
+    dim = lib.vectors.shape[1]
     home = work / f"{lib.kind}-{n}-{backend}"
-    settings = Settings(home=home, refs={"index_backend": backend})
+    engine = "edge" if backend == "edge-engine" else backend
+    settings = Settings(home=home, refs={"index_backend": engine})
     build = {"kind": lib.kind, "size": n, "backend": backend, "how": "publish"}
     index: RefIndex
+
+    def open_version() -> RefIndex:
+        if backend == "edge-engine":
+            return EdgeRefIndex.load(
+                version_dir(settings, 1) / "edge",
+                version=1,
+                dim=dim,
+                tuning=dataclasses.replace(EDGE_TUNING, in_memory=False),
+            )
+        return open_ref_index(settings, 1, space(dim))
+
     if backend == "qdrant-local" and n > args.local_path_max:
         build["how"] = "in memory"
 
         def build_in_memory() -> QdrantRefIndex:
-            out = QdrantRefIndex(QdrantClient(":memory:"), version=1, dim=DIM)
+            out = QdrantRefIndex(QdrantClient(":memory:"), version=1, dim=dim)
             out.upsert(points)
             return out
 
         index, build["build_s"] = timed(build_in_memory)
     else:
-        _, build["build_s"] = timed(lambda: publish_version(settings, 1, None, points, space=SPACE))
-        index, build["open_s"] = timed(lambda: open_ref_index(settings, 1, SPACE))
+        _, build["build_s"] = timed(
+            lambda: publish_version(settings, 1, None, points, space=space(dim))
+        )
+        index, build["open_s"] = timed(open_version)
     queries = args.queries
     if backend == "qdrant-local" and n >= LOCAL_SCAN_SIZE:
         queries = min(queries, args.local_queries)
     rows = []
     try:
-        for filtered in (False, True):
-            row = measure(index, lib, n, queries, filtered)
-            row.update(kind=lib.kind, size=n, backend=backend)
+        # The edge backend reads its shard into memory here.
+        _, build["first_s"] = timed(lambda: index.search(lib.queries[0], K))
+        # Both passes before any recall: its brute force would leave OpenBLAS threads
+        # spinning into the next pass.
+        timed_rows = [
+            measure(index, lib, n, queries, filtered, args.busy_blas) for filtered in (False, True)
+        ]
+        for row in timed_rows:
+            score(row, lib, n).update(kind=lib.kind, size=n, backend=backend)
             rows.append(row)
             log(
                 f"{lib.kind:9s} {n:>7d} {backend:12s} {row['filter']:13s} "
@@ -257,7 +309,7 @@ def run_backend(
             ]
             removed = [p.ref_id for p in points[10:20]]
             _, build["next_s"] = timed(
-                lambda: publish_version(settings, 2, 1, added, removed, space=SPACE)
+                lambda: publish_version(settings, 2, 1, added, removed, space=space(dim))
             )
     finally:
         index.close()
@@ -268,6 +320,9 @@ def run_backend(
 # -- the tuning sweep ------------------------------------------------------------------------
 
 
+#: The engine's searches (in_memory=False) with each shard config, then the chosen shard
+#: searched in memory.
+_ENGINE = dataclasses.replace(EDGE_TUNING, in_memory=False)
 SWEEP: tuple[tuple[str, EdgeTuning, tuple[int | None, ...]], ...] = (
     (
         "HNSW m 16, ef_construct 100, per-value payload graphs (engine defaults)",
@@ -278,37 +333,40 @@ SWEEP: tuple[tuple[str, EdgeTuning, tuple[int | None, ...]], ...] = (
             quantized=False,
             style_tenant=False,
             payload_m=16,
+            in_memory=False,
         ),
         (64, 128, 256),
     ),
     (
         "no graph, int8 scan, rescored without oversampling",
-        dataclasses.replace(EDGE_TUNING, quantized=True, oversampling=1.0),
+        dataclasses.replace(_ENGINE, quantized=True, oversampling=1.0),
         (None,),
     ),
     (
         "no graph, int8 scan, rescore x4",
-        dataclasses.replace(EDGE_TUNING, quantized=True, oversampling=4.0),
+        dataclasses.replace(_ENGINE, quantized=True, oversampling=4.0),
         (None,),
     ),
     (
         "no graph, float32 scan, style not a tenant",
-        dataclasses.replace(EDGE_TUNING, style_tenant=False),
+        dataclasses.replace(_ENGINE, style_tenant=False),
         (None,),
     ),
-    ("**chosen**: no graph, float32 scan, style tenant", EDGE_TUNING, (None,)),
+    ("no graph, float32 scan, style tenant, engine search", _ENGINE, (None,)),
+    ("**chosen**: no graph, style tenant, float32 copy searched in memory", EDGE_TUNING, (None,)),
 )
 
 
 def run_sweep(lib: Library, n: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     points = lib.points(n)
+    dim = lib.vectors.shape[1]
     rows = []
     for name, tuning, efs in SWEEP:
         path = work / f"sweep-{lib.kind}"
         shutil.rmtree(path, ignore_errors=True)
 
         def build(tuning: EdgeTuning = tuning, path: Path = path) -> None:
-            index = EdgeRefIndex.create(path, dim=DIM, tuning=tuning)
+            index = EdgeRefIndex.create(path, dim=dim, tuning=tuning)
             index.upsert(points)
             index.finish()
             index.close()
@@ -316,12 +374,15 @@ def run_sweep(lib: Library, n: int, args: argparse.Namespace, work: Path) -> lis
         _, build_s = timed(build)
         for ef in efs:
             searched = dataclasses.replace(tuning, search_ef=ef)
-            index = EdgeRefIndex.load(path, dim=DIM, tuning=searched)
+            index = EdgeRefIndex.load(path, dim=dim, tuning=searched)
             try:
-                for filtered in (False, True):
-                    row = measure(index, lib, n, args.queries, filtered)
+                timed_rows = [
+                    measure(index, lib, n, args.queries, filtered, args.busy_blas)
+                    for filtered in (False, True)
+                ]
+                for row in timed_rows:
                     label = name if ef is None else f"{name}, hnsw_ef {ef}"
-                    row.update(kind=lib.kind, size=n, tuning=label, build_s=build_s)
+                    score(row, lib, n).update(kind=lib.kind, size=n, tuning=label, build_s=build_s)
                     rows.append(row)
                     log(
                         f"{lib.kind:9s} {label[:60]:60s} {row['filter']:13s} "
@@ -347,14 +408,14 @@ def build_table(builds: Sequence[dict[str, Any]]) -> str:
         return f"{b[key]:.2f}" if key in b else "-"
 
     lines = [
-        "| vectors | refs | backend | build s | open s | next version s |",
-        "|---|---:|---|---:|---:|---:|",
+        "| vectors | refs | backend | build s | open s | first search s | next version s |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for b in builds:
         how = "" if b["how"] == "publish" else f" ({b['how']})"
         lines.append(
             f"| {b['kind']} | {b['size']:,} | {b['backend']} | {secs(b, 'build_s')}{how} | "
-            f"{secs(b, 'open_s')} | {secs(b, 'next_s')} |"
+            f"{secs(b, 'open_s')} | {secs(b, 'first_s')} | {secs(b, 'next_s')} |"
         )
     return "\n".join(lines)
 
@@ -363,15 +424,16 @@ def table(rows: Sequence[dict[str, Any]], sweep: bool) -> str:
     first = "tuning" if sweep else "backend"
     lines = [
         f"| vectors | refs | {first} |{' build s |' if sweep else ''} filter | p50 ms | p99 ms "
-        "| recall@10 | short | queries |",
-        f"|---|---:|---|{'---:|' if sweep else ''}---|---:|---:|---:|---:|---:|",
+        "| max ms | recall@10 | short | queries |",
+        f"|---|---:|---|{'---:|' if sweep else ''}---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         name = r["tuning"] if sweep else r["backend"]
         build = f" {r['build_s']:.1f} |" if sweep else ""
         lines.append(
             f"| {r['kind']} | {r['size']:,} | {name} |{build} {r['filter']} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall']:.4f} | {r['short']} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['recall']:.4f} | "
+            f"{r['short']} | "
             f"{r['queries']} |"
         )
     return "\n".join(lines)
@@ -394,6 +456,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--kinds",
         help="clustered, uniform, collapsed (default: the first two; all three with --sweep)",
     )
+    parser.add_argument("--dim", type=int, default=DIM, help="vector length (dlib: 128)")
+    parser.add_argument(
+        "--busy-blas",
+        action="store_true",
+        help="compute each exact answer right after its query (OpenBLAS threads spinning)",
+    )
     parser.add_argument("--backends", default="edge,qdrant-local")
     parser.add_argument("--sweep", action="store_true", help="compare edge tunings instead")
     parser.add_argument("--sweep-size", type=int, default=100_000)
@@ -403,11 +471,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     kinds = args.kinds or ("clustered,uniform,collapsed" if args.sweep else "clustered,uniform")
     args.kind_list = [k for k in kinds.split(",") if k]
     args.backend_list = [b for b in args.backends.split(",") if b]
-    unknown = set(args.backend_list) - {"edge", "qdrant-local"}
+    unknown = set(args.backend_list) - {"edge", "edge-engine", "qdrant-local"}
     if unknown:
-        parser.error(f"--backends: unknown {sorted(unknown)} (edge, qdrant-local)")
+        parser.error(f"--backends: unknown {sorted(unknown)} (edge, edge-engine, qdrant-local)")
     if args.queries < 1 or args.local_queries < 1:
         parser.error("--queries and --local-queries must be at least 1")
+    if args.dim < 2:
+        parser.error(f"--dim must be at least 2, got {args.dim}")
     return args
 
 
@@ -422,10 +492,10 @@ def main(args: argparse.Namespace) -> None:
         work = Path(tmp)
         for kind in args.kind_list:
             if args.sweep:
-                lib = make_library(kind, args.sweep_size, args.queries)
+                lib = make_library(kind, args.sweep_size, args.queries, args.dim)
                 rows += run_sweep(lib, args.sweep_size, args, work)
                 continue
-            lib = make_library(kind, max(args.size_list), args.queries)
+            lib = make_library(kind, max(args.size_list), args.queries, args.dim)
             for n in args.size_list:
                 for backend in args.backend_list:
                     build, searched = run_backend(backend, lib, n, args, work)
@@ -437,6 +507,7 @@ def main(args: argparse.Namespace) -> None:
         sys.stdout.write(build_table(builds) + "\n\n")
     sys.stdout.write(table(rows, args.sweep) + "\n\n")
     sys.stdout.write(
+        f"{args.dim}-d vectors{', --busy-blas' if args.busy_blas else ''}; "
         f"{elapsed:.0f} s in all on {os.cpu_count()} CPUs; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n"
     )

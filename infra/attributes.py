@@ -18,14 +18,22 @@ contract's :class:`~schemas.uploads.DeclaredAttributes` (stored as ``declared`` 
 ``hair_colour``, ``hair_color``    text, as declared
 ``black_hair``, ``blond_hair``,    flags: the one set gives ``black``, ``blond``, ``brown``
 ``brown_hair``, ``gray_hair``      or ``grey``; none or several set give no hair colour
+``smiling`` (CelebA ``Smiling``)   flag: expression ``smiling`` (set) or ``neutral`` (unset)
+``expression``                     text, one of the vocabulary's ``neutral``, ``smiling``,
+                                   ``other``
 =================================  ===========================================================
 
 Flags are ``1``/``-1`` (CelebA), ``1``/``0``, ``yes``/``no``, ``true``/``false``; an empty
-cell declares nothing. ``smiling`` and ``young`` (CelebA) are recognised but the upload
-contract has no field for them (an expression, an age range rather than an age): they are
-named as not carried, like unknown columns, and ignored. A file with no row declares
-nothing; a malformed file, row or value is a :class:`~infra.errors.UsageError` naming
-``--attributes``, the line and the column, raised before anything is published.
+cell declares nothing. CelebA's ``Smiling`` unset means "not smiling", which its faces
+mostly are as ``neutral``; a face that is neither (a frown, a scream) would need a human to
+say ``other``. An ``expression`` column wins over a ``smiling`` one on the same row.
+
+``young`` (CelebA) is recognised and ignored, named as not carried like unknown columns:
+it is an annotator's impression of youth with no age behind it, while the contract takes
+an age in years and the vocabulary age bands; no band follows from it honestly (a "young"
+face may be 15 or 35). A file with no row declares nothing; a malformed file, row or value
+is a :class:`~infra.errors.UsageError` naming ``--attributes``, the line and the column,
+raised before anything is published.
 
 Example::
 
@@ -41,12 +49,12 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, get_args
 
 from pydantic import ValidationError
 
 from infra.errors import UsageError
-from schemas.uploads import DeclaredAttributes
+from schemas.uploads import DeclaredAttributes, Expression
 
 OPTION: Final = "--attributes"
 
@@ -62,10 +70,21 @@ _TEXT_COLUMNS: Final[dict[str, str]] = {
     "hair_color": "hair_colour",
 }
 _FLAG_COLUMNS: Final[dict[str, str]] = {"glasses": "glasses", "eyeglasses": "glasses"}
-#: Recognised, with no field in the upload contract to carry them.
-NOT_CARRIED: Final = frozenset({"smiling", "young"})
+#: The expression vocabulary (:data:`schemas.labels.VALUES`), as the contract takes it.
+_EXPRESSIONS: Final = frozenset(get_args(Expression))
+#: Recognised, with no field in the upload contract to carry them honestly (see above).
+NOT_CARRIED: Final = frozenset({"young"})
 KNOWN: Final = frozenset(
-    {"age", "male", *_HAIR_FLAGS, *_TEXT_COLUMNS, *_FLAG_COLUMNS, *NOT_CARRIED}
+    {
+        "age",
+        "male",
+        "smiling",
+        "expression",
+        *_HAIR_FLAGS,
+        *_TEXT_COLUMNS,
+        *_FLAG_COLUMNS,
+        *NOT_CARRIED,
+    }
 )
 _TRUE: Final = frozenset({"1", "+1", "yes", "y", "true", "t"})
 _FALSE: Final = frozenset({"-1", "0", "no", "n", "false", "f"})
@@ -229,6 +248,18 @@ def _declared(path: Path, line_no: int, cells: dict[str, str]) -> DeclaredAttrib
     set_hair = [colour for column, colour in _HAIR_FLAGS.items() if flag(column)]
     if len(set_hair) == 1 and "hair_colour" not in values:
         values["hair_colour"] = set_hair[0]
+    expression = cells.get("expression", "").strip().lower()
+    if expression:
+        if expression not in _EXPRESSIONS:
+            raise UsageError(
+                f"{where}: expression is {expression!r}; expected one of "
+                f"{', '.join(get_args(Expression))}"
+            )
+        values["expression"] = expression
+    else:
+        smiling = flag("smiling")
+        if smiling is not None:
+            values["expression"] = "smiling" if smiling else "neutral"
     age = cells.get("age", "").strip()
     if age:
         try:

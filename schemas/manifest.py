@@ -21,9 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.labels import LabelSource
 
 MANIFEST_FORMAT: Final = "s2a-dataset-manifest"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+"""2 (issue 8): records name their identity group, the summary counts groups and merges;
+version 1 manifests still read, those fields empty."""
 
-#: The two splits a record can belong to; a subject is wholly in one of them.
+#: The two splits a record can belong to; a person (identity group) is wholly in one.
 Split = Literal["train", "validation"]
 
 
@@ -59,7 +61,7 @@ class ManifestSummary(_Part):
     splits: dict[str, SplitCounts] = Field(description="train and validation")
     styles: dict[str, int] = Field(description="records per style")
     dropped_by_cap: int = Field(description="approved pairs over max_per_subject, left out")
-    split_fallback: list[str] = Field(description="subjects the split fallback moved")
+    split_fallback: list[str] = Field(description="identity groups the split fallback moved")
     queue: dict[str, int] = Field(
         description="pairs not approved, per status: pending, unmatched, rejected"
     )
@@ -69,6 +71,14 @@ class ManifestSummary(_Part):
     duplicate_uploads: int = Field(description="uploads rejected as duplicate")
     quarantined_refs: int = Field(
         description="approved pairs left out because their reference was quarantined since"
+    )
+    identity_groups: int = Field(
+        0, description="people in the records: subjects linked as one person count once"
+    )
+    merged_subjects: int = Field(
+        0,
+        description="subjects that share their identity group with another subject (one "
+        "person under several subject ids, kept in one split)",
     )
 
 
@@ -123,6 +133,11 @@ class ManifestRecord(_Part):
     face_id: str
     upload_id: str
     subject: str = Field(description="subject pseudonym")
+    identity: str | None = Field(
+        None,
+        description="identity group: the smallest pseudonym of the subjects linked as one "
+        "person (the subject itself when alone); one group is wholly in one split",
+    )
     style: str
     split: Split
     weight: float = Field(description="sampling weight; averages 1 over the split")
@@ -139,7 +154,7 @@ class DatasetManifest(_Part):
     """A snapshot's manifest (format ``s2a-dataset-manifest``)."""
 
     format: Literal["s2a-dataset-manifest"] = MANIFEST_FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     library_version: int | None = Field(description="the highest over the records")
     params: ManifestParams
     summary: ManifestSummary

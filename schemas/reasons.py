@@ -29,6 +29,15 @@ class UploadState(StrEnum):
     ERASED = "erased"
 
 
+class FaceFlag(StrEnum):
+    """Why an accepted face needs a person's look (``faces.flag``); it stays stored, but its
+    pairs wait for review instead of being approved automatically."""
+
+    IDENTITY_MISMATCH = "identity_mismatch"
+    """its identity embedding is far from every earlier face of the same subject
+    (``settings.worker.identity_mismatch_distance``): another person, or a wrong subject id"""
+
+
 class RefStatus(StrEnum):
     """Whether an anime reference is in the library's index."""
 

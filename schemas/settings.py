@@ -128,8 +128,29 @@ class WorkerSettings(_Group):
         0.985,
         gt=0,
         le=1,
-        description="appearance similarity (normalised cross-correlation of the aligned "
-        "crops) at which a face duplicates one already stored for the same subject",
+        description="registered similarity (mean tile correlation after aligning one crop "
+        "onto the other) at which a face is a copy of an earlier face of the same subject",
+    )
+    duplicate_identity_distance: float = Field(
+        0.15,
+        ge=0,
+        le=2,
+        description="identity distance (Euclidean, unit embeddings) within which an earlier "
+        "face of the subject is compared for a copy; copies measure 0.11 or less",
+    )
+    identity_link_distance: float = Field(
+        0.30,
+        ge=0,
+        le=2,
+        description="identity distance (Euclidean, unit embeddings) under which faces of two "
+        "subjects are linked as one person, so snapshots keep both subjects in one split",
+    )
+    identity_mismatch_distance: float = Field(
+        0.40,
+        gt=0,
+        le=2,
+        description="identity distance (Euclidean, unit embeddings) from every earlier face "
+        "of the subject above which a new face is flagged identity_mismatch",
     )
 
 
@@ -171,6 +192,14 @@ class PairingSettings(_Group):
     min_model_confidence: float = Field(
         0.85, ge=0, le=1, description="a label head's guess counts only at this confidence"
     )
+    usage_penalty: float = Field(
+        0.04,
+        ge=0,
+        le=1,
+        description="most a reference's score is lowered for the pairs (approved or pending, "
+        "in the style) already using it: usage_penalty * uses / (uses + 1); under 0.05 it "
+        "only reorders references equally good on labels (see agents.pairing.match)",
+    )
 
 
 class DatasetSettings(_Group):
@@ -187,6 +216,11 @@ class DatasetSettings(_Group):
             "glasses": ("no", "yes"),
         },
         description="label values a balanced dataset should hold; the report shows the gaps",
+    )
+    export_roots: tuple[Path, ...] = Field(
+        (),
+        description="folders `s2a erase` searches for exports (export.json) of the snapshots "
+        "it deletes, besides home/datasets; exports elsewhere are not found",
     )
 
 
@@ -224,6 +258,78 @@ class TrainSettings(_Group):
         "(nothing is downloaded)",
     )
     runs_dir: Path | None = Field(None, description="where runs go; unset = home/runs")
+    model_name: str = Field(
+        "converter",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="registry name of the converter the retrain cycle trains and promotes "
+        "(its versions live in home/models/<name>/<version>/); not 'labels', which holds "
+        "the label heads",
+    )
+
+
+class GateSettings(_Group):
+    """The evaluation gate (``trainer.evaluate``): how much worse than the champion a
+    candidate may measure, on the same validation split, and still be promoted; and the
+    absolute limits the first candidate (no champion yet) must meet.
+
+    Units: L1 in [0, 1] per pixel and channel; SSIM in [-1, 1]; PSNR in dB; identity as
+    the Euclidean distance of unit embeddings (0..2); style as the rendering composite
+    z-score of ``agents.references.style`` against the style's references.
+    """
+
+    l1_tolerance: float = Field(0.02, ge=0, description="largest L1 increase allowed")
+    ssim_tolerance: float = Field(0.02, ge=0, description="largest SSIM decrease allowed")
+    psnr_tolerance: float = Field(0.5, ge=0, description="largest PSNR decrease, dB")
+    identity_tolerance: float = Field(
+        0.03, ge=0, description="largest increase of the mean identity distance"
+    )
+    style_tolerance: float = Field(0.5, ge=0, description="largest increase of the style z")
+    max_l1: float = Field(0.45, gt=0, le=1, description="first candidate: L1 at most this")
+    min_ssim: float = Field(0.0, ge=-1, le=1, description="first candidate: SSIM at least this")
+    max_identity_distance: float = Field(
+        0.8,
+        gt=0,
+        le=2,
+        description="first candidate: mean identity distance input -> output at most this "
+        "(two photos of one person measure 0.08-0.29; a stylisation moves further)",
+    )
+    max_style_z: float = Field(
+        7.0, gt=0, description="first candidate: mean style composite z at most this"
+    )
+    embed_side: int = Field(
+        256,
+        gt=160,
+        le=512,
+        description="side (px) both crops are resized to for the embedder (above 160: the "
+        "loose template's range)",
+    )
+
+
+class ScheduleSettings(_Group):
+    """When the retrain scheduler (``s2a scheduler``, started by ``s2a up``) runs a cycle.
+
+    A check runs every ``check_every_s``; a cycle starts when new data or an erasure calls for
+    one (``trainer.scheduler``), and also on ``cron`` when set. One cycle at a time across
+    every process and machine: they share a lease in SQL, held at most ``lease_s``.
+    """
+
+    check_every_s: float = Field(60.0, gt=0, description="seconds between trigger checks")
+    min_new_pairs: int = Field(
+        50,
+        ge=1,
+        description="data trigger: approved pairs decided since the newest version's snapshot",
+    )
+    cron: str | None = Field(
+        None,
+        description="standing retrain in crontab syntax ('0 3 * * *': 03:00 daily, in UTC); "
+        "unset = only data and erasure triggers",
+    )
+    lease_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="longest a cycle may hold the retrain lease; a holder that died frees it "
+        "after this",
+    )
 
 
 class ReviewSettings(_Group):
@@ -231,6 +337,110 @@ class ReviewSettings(_Group):
 
     host: str = "127.0.0.1"
     port: int = Field(8470, ge=0, le=65535)
+
+
+class ServingSettings(_Group):
+    """The Convert gRPC server (``s2a serve``) and its client (``s2a convert``).
+
+    Security: on any address other than loopback the server refuses to start without a
+    bearer ``token`` or mutual TLS (``tls_cert`` + ``tls_key`` + ``tls_client_ca``).
+    Throughput: requests wait at most ``max_queue_delay_ms`` to share a batch of up to
+    ``max_batch_size``; past ``max_queue`` waiting images the server answers
+    RESOURCE_EXHAUSTED instead of queueing without bound.
+    """
+
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8480, ge=0, le=65535, description="listen port; 0 = any free port")
+    token: SecretStr | None = Field(
+        None, description="bearer token clients send as 'authorization: Bearer <token>'"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="token the Reload call needs; unset = the client token (or none)"
+    )
+    tls_cert: Path | None = Field(None, description="server certificate chain (PEM)")
+    tls_key: Path | None = Field(None, description="server private key (PEM)")
+    tls_client_ca: Path | None = Field(
+        None, description="CA (PEM) client certificates must chain to: mutual TLS"
+    )
+    model_name: str | None = Field(
+        None, description="registry name served; unset = train.model_name"
+    )
+    model_path: Path | None = Field(
+        None,
+        description="version directory loaded at start; unset = the highest-numbered "
+        "complete version (with export.json) under home/models/<model_name>/",
+    )
+    engine: Literal["auto", "tensorrt", "onnxruntime", "torch"] = Field(
+        "auto", description="auto = the best available: TensorRT, ONNX Runtime, PyTorch"
+    )
+    int8: bool = Field(
+        False, description="run model.int8.onnx where the version has one (ONNX Runtime)"
+    )
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="threads per inference; unset = the runtime's default"
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="images run together")
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, le=1000, description="longest wait for a batch to fill"
+    )
+    max_queue: int = Field(
+        64, ge=1, description="images waiting for a batch; more = RESOURCE_EXHAUSTED"
+    )
+    max_concurrent_rpcs: int = Field(
+        128, ge=1, description="calls in progress; gRPC answers RESOURCE_EXHAUSTED past it"
+    )
+    handler_threads: int = Field(16, ge=1, description="threads decoding and detecting")
+    max_image_bytes: int | None = Field(
+        None, gt=0, description="largest image in a request; unset = limits.max_upload_bytes"
+    )
+    max_output_side: int = Field(4096, ge=16, le=16384, description="largest size option")
+    default_deadline_s: float = Field(30.0, gt=0, description="deadline of a call that sets none")
+    grace_s: float = Field(10.0, ge=0, description="how long shutdown lets in-flight calls finish")
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="seconds between health NOT_SERVING and closing the port on shutdown, "
+        "for load balancers to stop sending (Kubernetes: about the probe period)",
+    )
+    stream_window: int = Field(
+        16, ge=1, description="images of one ConvertStream in the server at once"
+    )
+    warmup_runs: int = Field(2, ge=1, description="inferences a new model runs before a swap")
+    follow_updates: bool = Field(
+        True, description="load each model-updates record for model_name as it arrives"
+    )
+    server_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="names this server's own model-updates consumer group "
+        "(<prefix>serve-<server_id>); unset = hostname and port",
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; unset = not served"
+    )
+    server_address: str = Field(
+        "127.0.0.1:8480", description="where `s2a convert` sends requests (host:port)"
+    )
+    client_retries: int = Field(4, ge=0, description="client retries on UNAVAILABLE")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.tls and self.tls_client_ca is not None
+
+    def image_limit(self, limits: LimitSettings) -> int:
+        """The largest image, in bytes, a request may carry."""
+        return self.max_image_bytes or limits.max_upload_bytes
+
+    def message_limit(self, limits: LimitSettings) -> int:
+        """gRPC's max message size: twice the image limit plus room for the options, so
+        that an image a little over the limit still arrives and is answered
+        INVALID_ARGUMENT naming its size; only far larger messages are cut by gRPC."""
+        return 2 * self.image_limit(limits) + 64 * 1024
 
 
 class Settings(BaseSettings):
@@ -273,6 +483,9 @@ class Settings(BaseSettings):
     dataset: DatasetSettings = DatasetSettings()
     review: ReviewSettings = ReviewSettings()
     train: TrainSettings = TrainSettings()
+    gate: GateSettings = GateSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    serving: ServingSettings = ServingSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -280,6 +493,21 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"limits.max_inline_bytes ({self.limits.max_inline_bytes}) exceeds "
                 f"limits.max_upload_bytes ({self.limits.max_upload_bytes}); lower the first"
+            )
+        if self.train.model_name == "labels":
+            raise ConfigError(
+                "train.model_name 'labels' would share home/models/labels with the label "
+                "heads; choose another name (default: converter)"
+            )
+        serving = self.serving
+        if (serving.tls_cert is None) != (serving.tls_key is None):
+            raise ConfigError(
+                "serving.tls_cert and serving.tls_key go together (S2A_SERVING__TLS_CERT, "
+                "S2A_SERVING__TLS_KEY): set both, or neither"
+            )
+        if serving.tls_client_ca is not None and not serving.tls:
+            raise ConfigError(
+                "serving.tls_client_ca (mutual TLS) needs serving.tls_cert and tls_key too"
             )
         if self.quality.min_brightness >= self.quality.max_brightness:
             raise ConfigError("quality.min_brightness must be below quality.max_brightness")
@@ -319,6 +547,16 @@ class Settings(BaseSettings):
     def train_dir(self) -> Path:
         """Training runs: one folder per run (``s2a train``)."""
         return self.train.runs_dir or self.home / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Registered model versions: ``models/<name>/<version>/`` (``trainer.registry``)."""
+        return self.home / "models"
+
+    @property
+    def serving_model_name(self) -> str:
+        """The registry name the Convert server serves."""
+        return self.serving.model_name or self.train.model_name
 
     @property
     def label_model_dir(self) -> Path:

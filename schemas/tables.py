@@ -155,6 +155,23 @@ class Label(SQLModel, table=True):
     created_at: datetime = _utc_column()
 
 
+class IdentityLink(SQLModel, table=True):
+    """Two faces of different subjects that the embedder puts within
+    ``settings.worker.identity_link_distance``: probably one person under two subject ids (a
+    selfie and a public-dataset copy, say). Found at ingestion, so the snapshot split can
+    keep every subject of one person on one side. ``face_id`` is the later face."""
+
+    __tablename__ = "identity_links"
+
+    face_id: str = Field(primary_key=True, foreign_key="faces.face_id", max_length=36)
+    other_face_id: str = Field(
+        primary_key=True, foreign_key="faces.face_id", index=True, max_length=36
+    )
+    distance: float = Field(description="Euclidean, unit identity embeddings (0..2)")
+    embedder: str = Field(max_length=128, description="the embedder both vectors came from")
+    created_at: datetime = _utc_column()
+
+
 class LibraryVersion(SQLModel, table=True):
     """One state of the anime reference library. Every ``refs add`` makes a new version;
     pairs and snapshots name the version they were matched against."""
@@ -280,3 +297,4 @@ class Snapshot(SQLModel, table=True):
     library_version: int | None = None
     params: dict[str, Any] = _json_column()
     created_at: datetime = _utc_column()
+

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -36,7 +36,9 @@ from pydantic import (
 )
 
 TOPIC = "uploads"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 2
+"""2: ``attributes.expression`` (1 had no way to declare one). Version 1 events, which
+cannot carry it, are still read."""
 
 #: Opaque identifiers: no e-mail addresses or free text, so nothing personal hides in them.
 OpaqueId = Annotated[
@@ -85,19 +87,36 @@ class ImagePayload(_Record):
         return self
 
 
+#: A declared expression: the ``expression`` values of :data:`schemas.labels.VALUES`
+#: (a test keeps the two lists equal).
+Expression = Literal["neutral", "smiling", "other"]
+
+
 class DeclaredAttributes(_Record):
-    """Optional self-declared attributes; stored as labels with source ``declared``."""
+    """Optional self-declared attributes; stored as labels with source ``declared``.
+
+    ``expression`` (since ``schema_version`` 2) is the photo's, not the person's: the
+    label vocabulary's own values, e.g. CelebA's ``Smiling`` flag as ``smiling`` or
+    ``neutral``.
+
+    Example::
+
+        DeclaredAttributes(age=34, gender="female", glasses=False, expression="smiling")
+    """
 
     age: int | None = Field(None, ge=13, le=120)
     gender: str | None = Field(None, max_length=32)
     glasses: bool | None = None
     hair_colour: str | None = Field(None, max_length=32)
+    expression: Expression | None = Field(
+        None, description="the photo's expression (schema_version 2 and later)"
+    )
 
 
 class UploadEvent(_Record):
     """One consented upload. ``upload_id`` is the idempotency key."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     upload_id: OpaqueId
     subject_id: str = Field(
         min_length=1,
@@ -118,6 +137,16 @@ class UploadEvent(_Record):
     def _license_for_public(self) -> UploadEvent:
         if self.source is Source.PUBLIC_DATASET and not self.license:
             raise ValueError("source 'public-dataset' needs a 'license' (e.g. 'CC-BY-4.0')")
+        return self
+
+    @model_validator(mode="after")
+    def _fields_of_its_version(self) -> UploadEvent:
+        # A version 1 producer cannot mean a field version 1 does not have.
+        if self.schema_version < 2 and self.attributes.expression is not None:
+            raise ValueError(
+                "attributes.expression needs schema_version 2; send schema_version 2 "
+                "or leave the expression out"
+            )
         return self
 
     def to_bytes(self) -> bytes:

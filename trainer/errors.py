@@ -11,10 +11,26 @@
      ├── TrainingConfigError (ValueError)  training flags that do not fit together, or a
      │                                     base model, adapter or weights file that is
      │                                     missing or does not match; names the flag
-     └── CheckpointError (RuntimeError)    a run directory that cannot be started or
-                                           resumed: it already holds a run, it has no
-                                           checkpoint, or its checkpoint was made with
-                                           other settings
+     ├── CheckpointError (RuntimeError)    a run directory that cannot be started or
+     │                                     resumed: it already holds a run, it has no
+     │                                     checkpoint, or its checkpoint was made with
+     │                                     other settings
+     ├── RegistryError (ValueError)        a model version or alias move the registry cannot
+     │                                     do: an unknown version, no earlier champion to
+     │                                     roll back to, an alias another process moved first
+     ├── EvaluationError (RuntimeError)    a version that cannot be evaluated: no validation
+     │                                     pair, missing weights, an unknown family
+     └── ExportError                       a trained generator cannot be turned into
+          │                                serving artifacts (trainer.export)
+          ├── ExportInputError (ValueError) a base run, adapter or calibration image that
+          │                                cannot be exported: a missing file, an adapter
+          │                                of another generator shape, a crop that is not
+          │                                H x W x 3 uint8; names the argument
+          ├── ParityError (RuntimeError)   the exported ONNX model (or the merged weights)
+          │                                disagrees with PyTorch eager beyond the
+          │                                tolerance; gives the max abs difference
+          └── TensorRTError (RuntimeError) TensorRT is present but cannot parse model.onnx
+                                           or build the engine; gives its messages
 
 ``[retry]`` errors also subclass :class:`~schemas.errors.Transient`: the same call may
 succeed later, unchanged. The others need different data or settings first.
@@ -47,3 +63,27 @@ class TrainingConfigError(TrainerError, ValueError):
 
 class CheckpointError(TrainerError, RuntimeError):
     """A run directory that cannot be started or resumed as asked."""
+
+
+class RegistryError(TrainerError, ValueError):
+    """A model version or alias move that cannot be done; the message names the version."""
+
+
+class EvaluationError(TrainerError, RuntimeError):
+    """A model version that cannot be evaluated on a snapshot; the message says why."""
+
+
+class ExportError(TrainerError):
+    """A trained generator cannot be exported; the message says which step failed."""
+
+
+class ExportInputError(ExportError, ValueError):
+    """A base run, adapter or calibration input unfit for export; names the argument."""
+
+
+class ParityError(ExportError, RuntimeError):
+    """An exported model's outputs differ from PyTorch eager's beyond the tolerance."""
+
+
+class TensorRTError(ExportError, RuntimeError):
+    """TensorRT is importable but rejected model.onnx or failed to build the engine."""

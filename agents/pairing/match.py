@@ -15,6 +15,16 @@ random-initialised embedder gives every pair of images nearly the same cosine, s
 similarity never counts, whatever the weight. Compatibility that must hold (glasses: a face
 with glasses pairs only with references drawn with glasses) is a search filter, not a score,
 so an incompatible reference is never considered at all.
+
+**Usage penalty.** Left alone, every face with the same labels would take the same
+reference (the first of the equally good ones), and a training set of one drawing teaches
+nothing. A reference already used by ``u`` pairs of the style (approved or pending, the
+face's own pair not counted) loses ``usage_penalty * u / (u + 1)`` of its score
+(``pairing.usage_penalty``, 0.04 by default): 0.02 for the first use, 0.027 for the second,
+never more than 0.04. Label agreements are shares of at most five labels, so two different
+agreements differ by at least 1/20 (4/5 against 3/4); a penalty below that only reorders
+references that are equally good on labels, never puts a worse-labelled one first. Among
+equals it sends the next face to the least used reference.
 """
 
 from __future__ import annotations
@@ -78,33 +88,46 @@ def label_agreement(face_labels: Mapping[str, str], ref_labels: Mapping[str, str
     return sum(face_labels[name] == ref_labels[name] for name in both) / len(both)
 
 
+def usage_cost(uses: int, usage_penalty: float) -> float:
+    """What ``uses`` earlier pairs take off a reference's score: ``penalty * u / (u + 1)``,
+    0 for an unused reference and below ``usage_penalty`` however often it is used."""
+    u = max(0, uses)
+    return usage_penalty * u / (u + 1)
+
+
 def score_candidates(
     hits: Sequence[RefHit],
     face_labels: Mapping[str, str],
     *,
     similarity_informative: bool,
     similarity_weight: float = SIMILARITY_WEIGHT,
+    uses: Mapping[str, int] | None = None,
+    usage_penalty: float = 0.0,
 ) -> list[Candidate]:
     """Every hit as a scored candidate, best first (ties broken by ref id, so the order is
     the same on every run). ``similarity_weight`` counts only when the embedder is
-    ``similarity_informative`` (trained, not random-init)."""
+    ``similarity_informative`` (trained, not random-init). ``uses`` is how many pairs
+    already use each reference (by ref id); each loses :func:`usage_cost` of its score.
+    Scores are 0..1: one the penalty takes below 0 is recorded as 0, but still ranks by
+    its use, so faces that agree with no reference spread over them too."""
     weight = similarity_weight if similarity_informative else 0.0
-    candidates = []
+    used = uses or {}
+    ranked: list[tuple[float, Candidate]] = []
     for hit in hits:
         similarity = max(0.0, min(1.0, (hit.score + 1.0) / 2.0))
         ref_labels = hit.payload.get("labels") or {}
         agreement = label_agreement(face_labels, ref_labels)
-        score = weight * similarity + (1.0 - weight) * agreement
-        candidates.append(
-            Candidate(
-                ref_id=hit.ref_id,
-                score=round(score, 6),
-                similarity=round(similarity, 6),
-                label_agreement=round(agreement, 6),
-            )
+        quality = weight * similarity + (1.0 - weight) * agreement
+        rank = round(quality - usage_cost(used.get(hit.ref_id, 0), usage_penalty), 6)
+        candidate = Candidate(
+            ref_id=hit.ref_id,
+            score=max(0.0, rank),
+            similarity=round(similarity, 6),
+            label_agreement=round(agreement, 6),
         )
-    candidates.sort(key=lambda c: (-c.score, c.ref_id))
-    return candidates
+        ranked.append((rank, candidate))
+    ranked.sort(key=lambda item: (-item[0], item[1].ref_id))
+    return [candidate for _, candidate in ranked]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +137,16 @@ class Decision:
     score: float | None
 
 
-def decide(candidates: Sequence[Candidate], auto_approve: float) -> Decision:
+def decide(
+    candidates: Sequence[Candidate], auto_approve: float, *, needs_review: bool = False
+) -> Decision:
     """Approve the best candidate at or above ``auto_approve``; otherwise queue the face
-    for review with its best guess; with no candidate at all, it is unmatched."""
+    for review with its best guess; with no candidate at all, it is unmatched. A face that
+    ``needs_review`` (flagged at ingestion, e.g. ``identity_mismatch``) is never approved
+    automatically: a person looks at it first."""
     if not candidates:
         return Decision(PairStatus.UNMATCHED, None, None)
     best = candidates[0]
-    status = PairStatus.APPROVED if best.score >= auto_approve else PairStatus.PENDING
+    approvable = best.score >= auto_approve and not needs_review
+    status = PairStatus.APPROVED if approvable else PairStatus.PENDING
     return Decision(status, best.ref_id, best.score)

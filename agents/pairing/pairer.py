@@ -25,6 +25,7 @@ from agents.labelheads import HEADS_FILE, LabelHeads, model_labels
 from agents.pairing.match import compatibility_filter, decide, score_candidates
 from agents.pairing.store import (
     AUTO,
+    USING,
     FaceFacts,
     Library,
     PairStore,
@@ -114,6 +115,8 @@ class Pairer:
             )
         existing = self.store.pairs_of(face_ids)
         index = self._index_for(library)
+        # Kept up to date within the batch, so two faces of one batch spread as well.
+        uses = self.store.usage(styles)
         for face_id in face_ids:
             fact = facts[face_id]
             rows = [row for row in fact.labels if row[2] != "model"] + guessed.get(face_id, [])
@@ -126,12 +129,17 @@ class Pairer:
                 ):
                     plan.unchanged.append(held)
                     continue
+                # The face's own pair is about to be replaced: its reference is not
+                # "already used" by someone else, so re-matching keeps it when still best.
+                _count(uses, style, held, -1)
                 candidates = (
-                    self._candidates(index, vector, style, labels, fact)
+                    self._candidates(index, vector, style, labels, fact, uses)
                     if index is not None and vector is not None
                     else []
                 )
-                plan.pairs.append(self._pair(fact, style, candidates, library, held, now))
+                pair = self._pair(fact, style, candidates, library, held, now)
+                _count(uses, style, pair, +1)
+                plan.pairs.append(pair)
         return plan
 
     def commit(self, plan: PairPlan) -> list[PairRecord]:
@@ -148,10 +156,17 @@ class Pairer:
         style: str,
         labels: dict[str, str],
         fact: FaceFacts,
+        uses: dict[tuple[str, str], int],
     ) -> list[Candidate]:
         where = compatibility_filter(style, labels)
         hits = index.search(vector, self.settings.pairing.candidates, where=where)
-        return score_candidates(hits, labels, similarity_informative=not fact.random_init)
+        return score_candidates(
+            hits,
+            labels,
+            similarity_informative=not fact.random_init,
+            uses={ref: n for (s, ref), n in uses.items() if s == style},
+            usage_penalty=self.settings.pairing.usage_penalty,
+        )
 
     def _pair(
         self,
@@ -162,7 +177,9 @@ class Pairer:
         held: Pair | None,
         now: datetime,
     ) -> Pair:
-        decision = decide(candidates, self.settings.pairing.auto_approve)
+        decision = decide(
+            candidates, self.settings.pairing.auto_approve, needs_review=fact.flag is not None
+        )
         approved = decision.status is PairStatus.APPROVED
         return Pair(
             pair_id=pair_id_for(fact.face_id, style),
@@ -226,6 +243,14 @@ class Pairer:
             self._heads_stamp = stamp
             log.info("label heads loaded from %s", path)
         return self._heads
+
+
+def _count(uses: dict[tuple[str, str], int], style: str, pair: Pair | None, step: int) -> None:
+    """Add ``step`` to the uses of ``pair``'s reference when the pair uses one."""
+    if pair is None or pair.ref_id is None or PairStatus(pair.status) not in USING:
+        return
+    key = (style, pair.ref_id)
+    uses[key] = max(0, uses.get(key, 0) + step)
 
 
 def record_of(pair: Pair) -> PairRecord:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
 from sqlmodel import SQLModel
 
 from agents.stores.db import for_writing, sql_errors
+from schemas.pairs import PairStatus
 from schemas.reasons import RefStatus
 from schemas.tables import AnimeRef, Face, Label, LibraryVersion, Pair
 
@@ -31,6 +32,8 @@ _VERSIONS: Table = SQLModel.metadata.tables[LibraryVersion.__tablename__]
 #: Namespace of pair ids: uuid5(namespace, "<face_id>:<style>"), one pair per face and style.
 PAIR_NAMESPACE = uuid.UUID("0b8f3a52-1d9e-4c55-8a77-5d0b6c1e2f31")
 AUTO = "auto"
+#: Pair statuses that count as using their reference (for the usage penalty).
+USING = (PairStatus.APPROVED, PairStatus.PENDING)
 
 
 def pair_id_for(face_id: str, style: str) -> str:
@@ -58,6 +61,8 @@ class FaceFacts:
     random_init: bool
     labels: tuple[tuple[str, str, str, float], ...]
     """(name, value, source, confidence) rows"""
+    flag: str | None = None
+    """why the face needs a look (:class:`schemas.reasons.FaceFlag`): never auto-approved"""
 
 
 class PairStore:
@@ -96,6 +101,7 @@ class PairStore:
                     _FACES.c.subject,
                     _FACES.c.embedder,
                     _FACES.c.embedder_random_init,
+                    _FACES.c.flag,
                 ).where(_FACES.c.face_id.in_(ids))
             ).all()
             labels: dict[str, list[tuple[str, str, str, float]]] = defaultdict(list)
@@ -113,9 +119,9 @@ class PairStore:
                 labels[face_id].append((name, value, source, float(confidence)))
         return {
             face_id: FaceFacts(
-                face_id, subject, embedder, bool(random_init), tuple(labels[face_id])
+                face_id, subject, embedder, bool(random_init), tuple(labels[face_id]), flag
             )
-            for face_id, subject, embedder, random_init in rows
+            for face_id, subject, embedder, random_init, flag in rows
         }
 
     def pairs_of(self, face_ids: Sequence[str]) -> dict[tuple[str, str], Pair]:
@@ -127,6 +133,26 @@ class PairStore:
             ).mappings()
             pairs = [Pair.model_validate(dict(row)) for row in rows]
         return {(pair.face_id, pair.style): pair for pair in pairs}
+
+    def usage(self, styles: Sequence[str]) -> dict[tuple[str, str], int]:
+        """How many approved or pending pairs use each reference: ``{(style, ref_id): n}``.
+
+        What the usage penalty counts (:func:`agents.pairing.match.usage_cost`); rejected
+        and unmatched pairs use no reference.
+        """
+        if not styles:
+            return {}
+        statement = (
+            select(_PAIRS.c.style, _PAIRS.c.ref_id, func.count())
+            .where(
+                _PAIRS.c.style.in_(list(dict.fromkeys(styles))),
+                _PAIRS.c.ref_id.is_not(None),
+                _PAIRS.c.status.in_([s.value for s in USING]),
+            )
+            .group_by(_PAIRS.c.style, _PAIRS.c.ref_id)
+        )
+        with sql_errors("usage"), self._engine.connect() as connection:
+            return {(style, ref): int(n) for style, ref, n in connection.execute(statement)}
 
     def list_pairs(
         self, status: str | None = None, style: str | None = None, limit: int | None = None

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agents.errors import ImageRefused, InvalidRequest, LicenseRefused, Rejected
 from agents.records import RGBImage
 from agents.references import palette as pal
 from agents.references import style as st
+from agents.references.geometry import HUMAN, inside
 from agents.references.inputs import (
     NO_CREDIT_NEEDED,
     Attribution,
@@ -131,6 +133,10 @@ class Candidate:
     histogram: st.FloatArray
     verdict: st.Verdict | None = None
     training: str = ""
+    landmarks: list[list[float]] | None = None
+    """5 x 2 pixels of the original (``LANDMARK_NAMES`` order), when known"""
+    landmarks_source: str | None = None
+    """the detector's name, or ``human`` for landmarks a person gave"""
 
     @property
     def is_outlier(self) -> bool:
@@ -179,8 +185,13 @@ def admit(
     box: Box | None,
     settings: Settings,
     blobs: BlobStore,
+    landmarks: npt.NDArray[np.float64] | None = None,
 ) -> Candidate:
-    """Every refusal check of one file, cheapest first; the candidate if all pass."""
+    """Every refusal check of one file, cheapest first; the candidate if all pass.
+
+    ``landmarks`` (5 x 2 pixels of the upright image, given by a person) must lie on the
+    image, else the file is refused (``bad_box``: the face's place is wrong).
+    """
     license_id, license_text = check_license(attribution, settings.refs)
     source = _with_license_text(
         _limit(attribution.source or f"file:{Path(name).name}", "source", name),
@@ -207,6 +218,12 @@ def admit(
             f"face region is {region.shape[1]}x{region.shape[0]}; its shorter side must be "
             f"at least refs.min_side_px={settings.refs.min_side_px}",
         )
+    if landmarks is not None and not inside(landmarks, int(width), int(height)):
+        raise ImageRefused(
+            RefReason.BAD_BOX,
+            f"landmarks {np.round(landmarks, 1).tolist()} leave the {width}x{height} image; "
+            "give x1,y1,...,x5,y5 in its pixels",
+        )
     # Content-addressed: putting an image that is already stored is a no-op, so an
     # ``exists`` file changes nothing, and a refused one never got this far.
     original = blobs.put(encode_png(pixels))
@@ -227,6 +244,8 @@ def admit(
         original=original,
         stats=st.measure(region),
         histogram=pal.lab_histograms(small),
+        landmarks=None if landmarks is None else np.round(landmarks, 2).tolist(),
+        landmarks_source=None if landmarks is None else HUMAN,
     )
 
 

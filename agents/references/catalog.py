@@ -276,6 +276,8 @@ def _ref_row(
         "embedder": embedder,
         "library_version": version,
         "added_at": now,
+        "landmarks": c.landmarks,
+        "landmarks_source": c.landmarks_source,
     }
 
 

@@ -54,7 +54,8 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from agents.errors import InvalidRequest, RefRefused, StorageError
-from agents.records import EMBED_SIZE, EmbedInput, RGBImage
+from agents.records import EMBED_SIZE, CleanImage, EmbedInput, RGBImage
+from agents.references import geometry as geo
 from agents.references import palette as pal
 from agents.references import style as st
 from agents.references.admission import (
@@ -71,6 +72,7 @@ from agents.references.admission import (
     ref_id_for,
 )
 from agents.references.catalog import ActiveRef, Catalog
+from agents.references.geometry import Points
 from agents.references.inputs import (
     Attribution,
     Box,
@@ -90,6 +92,7 @@ from schemas.tables import AnimeRef, LibraryVersion, RefLabel
 
 if TYPE_CHECKING:
     from agents.records import EmbeddingSpace
+    from agents.stages.detect import FaceDetector
     from agents.stages.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -132,11 +135,13 @@ class RefLibrary:
         engine: Engine | None = None,
         blobs: BlobStore | None = None,
         embedder: Embedder | None = None,
+        detector: FaceDetector | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = Catalog(engine or create_engine_for(settings.sql_url))
         self.blobs = blobs or BlobStore(settings.blob_dir)
         self._embedder = embedder
+        self._detector = detector
 
     @property
     def embedder(self) -> Embedder:
@@ -148,6 +153,15 @@ class RefLibrary:
                 self.settings.models, self.settings.worker.embed_batch_size
             )
         return self._embedder
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The faces' detector, finding references' landmarks (built on first use)."""
+        if self._detector is None:
+            from agents.stages.detect import build_detector
+
+            self._detector = build_detector(self.settings.models)
+        return self._detector
 
     # -- reads (the catalog's) ------------------------------------------------------------
 
@@ -185,13 +199,19 @@ class RefLibrary:
         labels: Mapping[str, str] | None = None,
         sources: Mapping[str, Attribution] | None = None,
         note: str | None = None,
+        landmarks: Points | None = None,
+        landmarks_of: Mapping[str, Points] | None = None,
     ) -> list[RefOutcome]:
         """Add reference images (files, folders or :class:`RefInput`) to ``style``.
 
         ``license``/``source``/``author`` override ``sources`` (see :func:`read_sources`)
         for every file; ``box`` is the face region of every file (else the whole image);
         ``tags`` and ``labels`` (human labels, ``{name: value}`` from
-        :mod:`schemas.labels`) go to every file. Returns one outcome per file, in order.
+        :mod:`schemas.labels`) go to every file. ``landmarks`` (5 x 2 pixels, a person's)
+        are those of every file, ``landmarks_of`` per file name or base name (see
+        :func:`~agents.references.geometry.read_landmarks`); a file with neither gets the
+        detector's, when it finds the face (:mod:`agents.references.geometry`). Returns one
+        outcome per file, in order.
         """
         style = check_style(style)
         checked_labels = check_labels(labels or {})
@@ -203,6 +223,9 @@ class RefLibrary:
         for i, (name, item) in enumerate(inputs):
             base = item.attribution if isinstance(item, RefInput) else Attribution()
             attribution = given.over(sources_for(name, sources or {}).over(base))
+            points = (landmarks_of or {}).get(name)
+            if points is None:
+                points = (landmarks_of or {}).get(Path(name).name, landmarks)
             try:
                 candidates.append(
                     admit(
@@ -214,6 +237,7 @@ class RefLibrary:
                         box=box,
                         settings=self.settings,
                         blobs=self.blobs,
+                        landmarks=points,
                     )
                 )
             except RefRefused as refused:
@@ -221,6 +245,7 @@ class RefLibrary:
                     name, Outcome.REFUSED, style, reason=refused.reason, detail=refused.detail
                 )
         candidates = self._drop_existing(candidates, outcomes, style)
+        self._locate([c for c in candidates if c.landmarks is None])
         if candidates:
             version = self._store(candidates, style, clean_tags, checked_labels, note)
             for c in candidates:
@@ -239,6 +264,23 @@ class RefLibrary:
             else:
                 expanded.extend((str(p), p) for p in image_files([item]))
         return expanded
+
+    def _locate(self, candidates: list[Candidate]) -> None:
+        """Give each candidate the landmarks the detector finds in its face region, if any.
+
+        One detector batch at a time; a region with no face the detector is sure of keeps
+        none (the cel-style drawings: MTCNN finds no face in them).
+        """
+        step = self.settings.worker.batch_size
+        for start in range(0, len(candidates), step):
+            chunk = candidates[start : start + step]
+            regions = [CleanImage(self._region_of(c.original, c.box), "PNG") for c in chunk]
+            found = self.detector.detect(regions)
+            for c, detections in zip(chunk, found, strict=True):
+                points = geo.find_landmarks(detections, c.box)
+                if points is not None:
+                    c.landmarks = np.round(points, 2).tolist()
+                    c.landmarks_source = self.detector.name
 
     def _drop_existing(
         self, candidates: list[Candidate], outcomes: list[RefOutcome | None], style: str
@@ -368,7 +410,16 @@ class RefLibrary:
             faces: dict[str, EmbedInput] = {}
             for c in chunk:
                 square = pal.square_pad(self._region_of(c.original, c.box))
-                c.training = self.blobs.put(encode_png(pal.training_image(square, palette)))
+                training = (
+                    pal.training_image(square, palette)
+                    if c.landmarks is None
+                    else geo.aligned_training_image(
+                        self._original_pixels(c.original),
+                        np.asarray(c.landmarks, dtype=np.float64),
+                        palette,
+                    )
+                )
+                c.training = self.blobs.put(encode_png(training))
                 if not c.is_outlier:
                     faces[c.ref_id] = _embed_input(square)
             if faces:

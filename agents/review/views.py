@@ -167,6 +167,9 @@ class ReviewItem:
     face_source: str
     face_license: str | None
     face_attribution: str | None
+    face_flag: str | None
+    """why the face needs a look (:class:`schemas.reasons.FaceFlag`), with ``face_flag_detail``"""
+    face_flag_detail: str | None
     labels: tuple[LabelView, ...]
     candidates: tuple[CandidateView, ...]
 
@@ -189,6 +192,8 @@ class ReviewItem:
                 "source": self.face_source,
                 "license": self.face_license,
                 "attribution": self.face_attribution,
+                "flag": self.face_flag,
+                "flag_detail": self.face_flag_detail,
             },
             "labels": [label.to_json() for label in self.labels],
             "candidates": [c.to_json(self.style) for c in self.candidates],
@@ -339,6 +344,8 @@ def review_item(
         face_source=face["source"],
         face_license=face["license"],
         face_attribution=face["attribution"],
+        face_flag=face["flag"],
+        face_flag_detail=face["flag_detail"],
         labels=labels,
         candidates=tuple(candidates),
     )

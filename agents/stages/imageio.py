@@ -253,6 +253,17 @@ def encode_png(pixels: RGBImage) -> bytes:
     )
 
 
+def decode_crop(data: bytes) -> RGBImage:
+    """H x W x 3 uint8 RGB pixels of a crop this project stored (:func:`encode_png`).
+
+    Stored crops are our own PNGs, already stripped and bounded, so none of
+    :func:`decode_image`'s upload limits apply. Raises :class:`OSError` (Pillow's
+    ``UnidentifiedImageError`` is one) when the bytes are not an image.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(data, zlib.crc32(kind))
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

@@ -2,8 +2,8 @@
 :mod:`schemas.labels`.
 
 * **declared**: what the subject said about themselves (age, gender, glasses, hair
-  colour), mapped onto the vocabulary; confidence 1.0 (it is their word, and a human
-  review may still override it).
+  colour) or a dataset says about the photo (expression), mapped onto the vocabulary;
+  confidence 1.0 (it is their word, and a human review may still override it).
 * **measured**: pose, lighting and blur bands from the quality scores of every accepted
   face (:func:`measured_labels`).
 
@@ -182,12 +182,13 @@ def declared_values(attributes: DeclaredAttributes) -> dict[LabelName, str]:
 
     Age becomes its band; gender and hair colour map common spellings onto the
     vocabulary and anything else declared onto ``other`` (a declaration we cannot place
-    is still a declaration); a blank text means nothing was declared.
+    is still a declaration); a blank text means nothing was declared. The expression is
+    declared in the vocabulary already (the contract admits only its values).
 
     Example::
 
-        declared_values(DeclaredAttributes(age=24, gender="Woman", glasses=False))
-        # {age_band: '18-29', gender: 'female', glasses: 'no'}
+        declared_values(DeclaredAttributes(age=24, gender="Woman", expression="smiling"))
+        # {age_band: '18-29', gender: 'female', expression: 'smiling'}
     """
     out: dict[LabelName, str] = {}
     if attributes.age is not None:
@@ -198,6 +199,8 @@ def declared_values(attributes: DeclaredAttributes) -> dict[LabelName, str]:
         out[LabelName.GLASSES] = "yes" if attributes.glasses else "no"
     if attributes.hair_colour is not None and _normalise(attributes.hair_colour):
         out[LabelName.HAIR_COLOUR] = _HAIR_OF.get(_normalise(attributes.hair_colour), "other")
+    if attributes.expression is not None:
+        out[LabelName.EXPRESSION] = attributes.expression
     return out
 
 

@@ -1,6 +1,6 @@
 """Prepare stage: everything the store writes for a face, computed without I/O.
 
-The face id (stable per upload), the appearance signature the duplicate check compares,
+The face id (stable per upload), the appearance signature stored with the face,
 the PNG bytes of the training crops and the declared labels. Pure CPU work, safe in any
 thread; :class:`agents.sink.FaceStore` does the writes.
 """
@@ -33,13 +33,12 @@ def face_id_for(upload_id: str) -> str:
 
 def appearance_signature(crop: RGBImage) -> npt.NDArray[np.float32]:
     """A 256-d signature of how an aligned face crop looks: 16 x 16 grey, mean-centred and
-    unit-length, so the cosine of two signatures is their normalised cross-correlation.
+    unit-length (float32), so the cosine of two signatures is their normalised
+    cross-correlation.
 
-    Duplicates are a question of *the same photo*, not the same person: an identity
-    embedding scores two different selfies of one person as alike by design (and a
-    random-init embedder scores everyone alike). Measured on the London set's aligned
-    crops: re-encoded copies (JPEG q70, a 40 px crop) score 0.98-0.999, the same person's
-    neutral and smiling photos from one session 0.82-0.975.
+    Stored with every face. The duplicate check decides on the registered similarity of the
+    crops (:mod:`agents.stages.registration`); with a random-init embedder, whose identity
+    distances mean nothing, this signature chooses which earlier faces to register.
     """
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     small = cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)

@@ -136,17 +136,65 @@ class FaceIndex:
 
     def vectors(self, ids: Sequence[str], name: str) -> dict[str, npt.NDArray[np.float32]]:
         """The named vector of each of ``ids`` that exists (a lookup by id, no scan)."""
+        return {
+            face_id: named[name]
+            for face_id, named in self.named_vectors(ids, (name,)).items()
+            if name in named
+        }
+
+    def near(
+        self, vector: npt.NDArray[np.float32], within: float, limit: int = 10
+    ) -> list[tuple[str, str, float]]:
+        """Faces whose identity vector lies within ``within`` of ``vector`` (a unit float32
+        vector of the space's size), nearest first, at most ``limit``: ``(face_id,
+        subject, distance)``, the distance Euclidean between unit vectors (0..2).
+
+        The collection's cosine similarity is turned into that distance with
+        ``d = sqrt(2 - 2 cos)``. Raises :class:`StorageError` when Qdrant cannot be read.
+        """
+        threshold = 1.0 - within * within / 2.0
+        try:
+            hits = self.client.query_points(
+                self.collection,
+                query=vector.astype(np.float32).tolist(),
+                using=FACE_VECTOR,
+                limit=limit,
+                score_threshold=threshold,
+                with_payload=["subject"],
+            ).points
+        except Exception as exc:
+            raise StorageError(f"cannot search Qdrant for near faces: {exc}") from exc
+        return [
+            (
+                str(hit.id),
+                str((hit.payload or {}).get("subject", "")),
+                float(np.sqrt(max(0.0, 2.0 - 2.0 * hit.score))),
+            )
+            for hit in hits
+        ]
+
+    def named_vectors(
+        self, ids: Sequence[str], names: Sequence[str]
+    ) -> dict[str, dict[str, npt.NDArray[np.float32]]]:
+        """Several named vectors of each of ``ids`` in one lookup by id (no scan):
+        ``{face_id: {name: float32 vector}}``; a point missing a name lacks that key.
+
+        Raises :class:`StorageError` when Qdrant cannot be read.
+        """
         if not ids:
             return {}
         try:
-            points = self.client.retrieve(self.collection, ids=list(ids), with_vectors=[name])
+            points = self.client.retrieve(self.collection, ids=list(ids), with_vectors=list(names))
         except Exception as exc:
             raise StorageError(f"cannot read vectors from Qdrant: {exc}") from exc
-        out: dict[str, npt.NDArray[np.float32]] = {}
+        out: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
         for point in points:
-            vector = point.vector.get(name) if isinstance(point.vector, dict) else None
-            if vector is not None:
-                out[str(point.id)] = np.asarray(vector, dtype=np.float32)
+            stored = point.vector if isinstance(point.vector, dict) else {}
+            out[str(point.id)] = {
+                name: np.asarray(stored[name], dtype=np.float32)
+                for name in names
+                if stored.get(name) is not None
+            }
         return out
 
     def payloads(self, ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:

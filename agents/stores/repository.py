@@ -28,12 +28,13 @@ from agents.stores.db import for_writing, sql_errors
 from schemas.errors import ConfigError
 from schemas.reasons import UploadState
 from schemas.rejections import Origin, Rejection
-from schemas.tables import Face, Label, Subject, Upload, UTCDateTime
+from schemas.tables import Face, IdentityLink, Label, Subject, Upload, UTCDateTime
 
 _SUBJECTS: Table = SQLModel.metadata.tables[Subject.__tablename__]
 _UPLOADS: Table = SQLModel.metadata.tables[Upload.__tablename__]
 _FACES: Table = SQLModel.metadata.tables[Face.__tablename__]
 _LABELS: Table = SQLModel.metadata.tables[Label.__tablename__]
+_LINKS: Table = SQLModel.metadata.tables[IdentityLink.__tablename__]
 
 #: The subject columns a newer consent replaces; ``first_seen_at`` is kept.
 _CONSENT_COLUMNS = ("consent_version", "consent_scopes", "consent_granted_at", "consent_expires_at")
@@ -112,8 +113,11 @@ class Repository:
         face: Face,
         labels: Sequence[Label],
         origin: Origin | None = None,
+        *,
+        links: Sequence[IdentityLink] = (),
     ) -> bool:
-        """Record ``upload`` as accepted, with its subject, its face and the face's labels.
+        """Record ``upload`` as accepted, with its subject, its face, the face's labels and
+        its ``links`` to faces of other subjects that look like the same person.
 
         Label ids are assigned by the database. Returns ``False``, changing nothing, when
         the upload already has a terminal state (a rejected upload stays rejected).
@@ -129,6 +133,7 @@ class Repository:
             if label_row.get("id") is None:
                 label_row.pop("id", None)
 
+        link_rows = [_values(link, f"links[{i}]") for i, link in enumerate(links)]
         subject = _subject_values(upload, now=now)
 
         def write(connection: Connection) -> None:
@@ -137,6 +142,8 @@ class Repository:
             connection.execute(_FACES.insert(), face_row)
             if label_rows:
                 connection.execute(_LABELS.insert(), label_rows)
+            if link_rows:
+                connection.execute(_LINKS.insert(), link_rows)
 
         return self._record("record_accepted", upload.upload_id, write)
 
@@ -180,6 +187,34 @@ class Repository:
             rows.reverse()
         return [row for row in rows]
 
+    def identity_links(self, face_ids: Sequence[str]) -> list[IdentityLink]:
+        """The identity links that touch any of ``face_ids`` (either end), by face id."""
+        if not face_ids:
+            return []
+        ids = list(face_ids)
+        statement = (
+            model_select(IdentityLink)
+            .where(col(IdentityLink.face_id).in_(ids) | col(IdentityLink.other_face_id).in_(ids))
+            .order_by(col(IdentityLink.face_id), col(IdentityLink.other_face_id))
+        )
+        with sql_errors("identity_links"), Session(self._engine) as session:
+            return list(session.exec(statement).all())
+
+    def face_flags(self, upload_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """``{upload_id: (flag, flag_detail)}`` of the flagged faces among ``upload_ids``
+        (see :class:`schemas.reasons.FaceFlag`); unflagged uploads are absent."""
+        if not upload_ids:
+            return {}
+        statement = model_select(Face.upload_id, Face.flag, Face.flag_detail).where(
+            col(Face.upload_id).in_(list(upload_ids)), col(Face.flag).is_not(None)
+        )
+        with sql_errors("face_flags"), Session(self._engine) as session:
+            return {
+                upload_id: (flag, detail)
+                for upload_id, flag, detail in session.exec(statement).all()
+                if flag is not None
+            }
+
     def counts(self) -> dict[str, int]:
         """Uploads per terminal state; every state is present, zero included."""
         statement = select(_UPLOADS.c.state, func.count()).group_by(_UPLOADS.c.state)
@@ -216,11 +251,12 @@ class Repository:
             faces = list(session.exec(statement).all())
         return [face for face in faces]
 
-    def face_ids_of_subject(self, pseudonym: str) -> list[str]:
-        """The ids of one subject's stored faces (index-only: cheap on every upload)."""
-        statement = model_select(Face.face_id).where(col(Face.subject) == pseudonym)
-        with sql_errors("face_ids_of_subject"), Session(self._engine) as session:
-            return list(session.exec(statement).all())
+    def crops_of_subject(self, pseudonym: str) -> dict[str, str]:
+        """``{face_id: crop_256 digest}`` of one subject's stored faces (a lookup on the
+        subject index: cheap on every upload)."""
+        statement = model_select(Face.face_id, Face.crop_256).where(col(Face.subject) == pseudonym)
+        with sql_errors("crops_of_subject"), Session(self._engine) as session:
+            return {face_id: crop for face_id, crop in session.exec(statement).all()}
 
     def labels_of_face(self, face_id: str) -> list[Label]:
         """The labels of one face, by name then source."""

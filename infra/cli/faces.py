@@ -59,6 +59,7 @@ def reembed(ctx: click.Context, kind: str | None, as_json: bool) -> None:
             client,
             embedder,
             payload_index=bool(settings.qdrant_url),
+            link_distance=settings.worker.identity_link_distance,
         )
         progress = Progress(f"re-embedding with {embedder.name}:", len(mover.pending()))
         try:

@@ -4,6 +4,12 @@
 the Qdrant faces collection of their embedder (its vectors' length is that embedder's: 128
 for dlib, 512 for InceptionResnetV1). The embedded Qdrant store may be opened by one process at a
 time: while a worker runs on the same data directory, ``train`` says so and stops.
+
+The heads are scored by subject (:mod:`trainer.labels.heads`): every face of one subject
+pseudonym is held out together, so a score never rests on a person the head trained on.
+The report puts each head's out-of-fold accuracy next to chance, and the share and
+accuracy of its guesses at ``settings.pairing.min_model_confidence``, the confidence at
+which pairing lets a guess count.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ def labels() -> None:
     default=None,
     help="heads file to write (default: <home>/models/labels/heads.pt, read by the worker)",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="held-out split seed")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="seed dealing subjects into folds"
+)
 @click.option("--json", "as_json", is_flag=True, help="the heads' metrics as JSON on stdout")
 @click.pass_context
 def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> None:
@@ -55,7 +63,7 @@ def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> Non
 
     settings = settings_of(ctx)
     engine = _engine(settings)
-    embedder, reviewed, other_embedder = _reviewed_faces(engine)
+    embedder, reviewed, subject_of, other_embedder = _reviewed_faces(engine)
     ids = sorted(reviewed)
     found: dict[str, Any] = {}
     dim = 0
@@ -74,7 +82,15 @@ def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> Non
     from agents.labelheads import heads_path
     from trainer.labels.heads import train_heads
 
-    heads = train_heads(vectors, columns, seed=seed, embedder=embedder)
+    threshold = settings.pairing.min_model_confidence
+    heads = train_heads(
+        vectors,
+        columns,
+        subjects=[subject_of[i] for i in ids],
+        seed=seed,
+        threshold=threshold,
+        embedder=embedder,
+    )
     path = out or heads_path(settings)
     heads.save(path)
     report = {
@@ -88,31 +104,56 @@ def train(ctx: click.Context, out: Path | None, seed: int, as_json: bool) -> Non
     if as_json:
         emit_json(report)
         return
-    click.echo(f"label heads saved to {path} ({len(ids)} reviewed faces, embedder {embedder})")
+    people = len({subject_of[i] for i in ids})
+    click.echo(
+        f"label heads saved to {path} ({len(ids)} reviewed faces of {people} subjects, "
+        f"embedder {embedder})"
+    )
     if other_embedder:
         click.echo(f"left out {other_embedder} reviewed faces embedded by another embedder")
     if report["without_vector"]:
         click.echo(f"left out {report['without_vector']} reviewed faces without a vector")
+    click.echo(
+        f"scored out of fold, by subject; 'sure' = guesses at or above {threshold} "
+        "(S2A_PAIRING__MIN_MODEL_CONFIDENCE): their share and accuracy"
+    )
     rows = []
     for name, m in heads.metrics.items():
-        if "skipped" in m:
-            rows.append((name, "", "", "", "", "", "", f"skipped: {m['skipped']}"))
+        if "accuracy" not in m:
+            rows.append((name, "", "", "", "", "", "", "", "", f"skipped: {m['skipped']}"))
             continue
+        # A head scored but not shipped (overconfident) shows its scores and why.
         dropped = ", ".join(f"{v} ({n})" for v, n in m.get("dropped", {}).items())
+        notes = [f"too rare: {dropped}" if dropped else "", m.get("skipped", "")]
+        sure = m["confident_accuracy"]
         rows.append(
             (
                 name,
                 ",".join(m["classes"]),
-                m["train"],
                 m["held_out"],
+                m["subjects"],
                 f"{m['accuracy']:.3f}",
                 f"{m['balanced_accuracy']:.3f}",
                 f"{m['chance']:.3f}",
-                f"too rare: {dropped}" if dropped else "",
+                f"{m['confident_share']:.3f}",
+                "" if sure is None else f"{sure:.3f}",
+                "; ".join(n for n in notes if n),
             )
         )
     emit_table(
-        rows, ("label", "values", "train", "held_out", "accuracy", "balanced", "chance", "note")
+        rows,
+        (
+            "label",
+            "values",
+            "faces",
+            "subjects",
+            "accuracy",
+            "balanced",
+            "chance",
+            "sure",
+            "sure_acc",
+            "note",
+        ),
     )
 
 
@@ -157,9 +198,12 @@ def _engine(settings: Settings) -> Engine:
     return create_engine_for(settings.sql_url)
 
 
-def _reviewed_faces(engine: Engine) -> tuple[str | None, dict[str, dict[str, str]], int]:
-    """``(embedder, {face_id: {name: value}}, left out)``: the human labels of learnable
-    names, on faces of the embedder that made the newest face.
+def _reviewed_faces(
+    engine: Engine,
+) -> tuple[str | None, dict[str, dict[str, str]], dict[str, str], int]:
+    """``(embedder, {face_id: {name: value}}, {face_id: subject}, left out)``: the human
+    labels of learnable names, on faces of the embedder that made the newest face, and the
+    subject pseudonym of each such face (the unit the heads are held out by).
 
     Heads learn one embedding space; vectors of another embedder (random init against
     trained weights) would mix two spaces, so those faces are left out and counted.
@@ -167,7 +211,13 @@ def _reviewed_faces(engine: Engine) -> tuple[str | None, dict[str, dict[str, str
     learnable = [name.value for name in LEARNABLE]
     newest = select(_FACES.c.embedder).order_by(_FACES.c.created_at.desc()).limit(1)
     statement = (
-        select(_LABELS.c.face_id, _LABELS.c.name, _LABELS.c.value, _FACES.c.embedder)
+        select(
+            _LABELS.c.face_id,
+            _LABELS.c.name,
+            _LABELS.c.value,
+            _FACES.c.embedder,
+            _FACES.c.subject,
+        )
         .join(_FACES, _FACES.c.face_id == _LABELS.c.face_id)
         .where(_LABELS.c.source == LabelSource.HUMAN.value, _LABELS.c.name.in_(learnable))
         .order_by(_LABELS.c.face_id, _LABELS.c.name)
@@ -176,13 +226,15 @@ def _reviewed_faces(engine: Engine) -> tuple[str | None, dict[str, dict[str, str
         embedder = connection.execute(newest).scalar_one_or_none()
         rows = connection.execute(statement).all()
     faces: dict[str, dict[str, str]] = defaultdict(dict)
+    subjects: dict[str, str] = {}
     other: set[str] = set()
-    for face_id, name, value, face_embedder in rows:
+    for face_id, name, value, face_embedder, subject in rows:
         if face_embedder != embedder:
             other.add(face_id)
             continue
         faces[face_id][name] = value
-    return embedder, dict(faces), len(other)
+        subjects[face_id] = subject
+    return embedder, dict(faces), subjects, len(other)
 
 
 def _face_index(client: Any, embedder: str) -> Any:

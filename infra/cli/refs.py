@@ -60,13 +60,20 @@ def refs() -> None:
 @click.option("--source", help="where the images come from (overrides --sources)")
 @click.option("--author", help="who to credit (overrides --sources)")
 @click.option("--box", help="face region x1,y1,x2,y2 in pixels (default: the whole image)")
+@click.option(
+    "--landmarks",
+    help="the face's five points x1,y1,...,x5,y5 in pixels of the image (left eye, right eye, "
+    "nose tip, left and right mouth corner, as seen), for every file; default: the face "
+    "detector's, where it finds the face",
+)
 @click.option("--tags", default="", help="comma-separated tags for every file")
 @click.option("--label", "label_items", multiple=True, help="name=value, human label (repeatable)")
 @click.option(
     "--sources",
     "sources_csv",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV with columns file,license,author,source giving each file's attribution",
+    help="CSV with columns file,license,author,source giving each file's attribution, and "
+    "optionally landmarks (x1,y1,...,x5,y5 in one cell) giving its face's five points",
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per file on stdout")
 @click.pass_context
@@ -78,6 +85,7 @@ def add(
     source: str | None,
     author: str | None,
     box: str | None,
+    landmarks: str | None,
     tags: str,
     label_items: tuple[str, ...],
     sources_csv: Path | None,
@@ -87,13 +95,22 @@ def add(
 
     Each file ends added, exists, quarantined (stored, kept out of matching: a style
     outlier) or refused (nothing stored, with the reason). Exit status 1 when any file
-    was refused.
+    was refused. A reference whose five face points are known (given, or found by the face
+    detector) is trained on aligned like the selfies; `refs list --json` shows its
+    landmarks and their source (the detector's name, or human).
     """
+    from agents.errors import InvalidRequest
+    from agents.references.geometry import parse_landmarks, read_landmarks
     from agents.references.library import Box, read_sources
 
     labels = _labels(label_items)
     region = Box.parse(box) if box else None
+    try:
+        points = parse_landmarks(landmarks, what="value") if landmarks else None
+    except InvalidRequest as exc:
+        raise click.BadParameter(str(exc), param_hint="--landmarks") from None
     sources = read_sources(sources_csv) if sources_csv else None
+    landmarks_of = read_landmarks(sources_csv) if sources_csv else None
     outcomes = _library(settings_of(ctx)).add(
         list(paths),
         style=style,
@@ -104,6 +121,8 @@ def add(
         tags=[t for t in tags.split(",") if t.strip()],
         labels=labels,
         sources=sources,
+        landmarks=points,
+        landmarks_of=landmarks_of,
     )
     if as_json:
         for outcome in outcomes:

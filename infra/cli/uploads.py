@@ -123,9 +123,11 @@ def publish(
                 f"--attributes: ignoring unknown columns: {', '.join(table.ignored)}", err=True
             )
         if table.not_carried:
+            # Only CelebA's Young today: an impression of youth, not an age in years.
             click.echo(
-                f"--attributes: ignoring {', '.join(table.not_carried)}: the upload contract "
-                f"has no field for them (it declares {', '.join(DeclaredAttributes.model_fields)})",
+                f"--attributes: ignoring {', '.join(table.not_carried)}: no age in years "
+                "behind it, and no age band follows from it (the upload contract declares "
+                f"{', '.join(DeclaredAttributes.model_fields)})",
                 err=True,
             )
     batch = plan(list(paths))
@@ -168,17 +170,35 @@ def publish(
 
 @click.command()
 @click.option("--state", type=click.Choice(["accepted", "rejected", "erased"]))
+@click.option("--flagged", is_flag=True, help="only accepted faces flagged for a look")
 @click.option("--limit", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="a JSON array on stdout")
 @click.pass_context
-def uploads(ctx: click.Context, state: str | None, limit: int | None, as_json: bool) -> None:
-    """List every upload with its terminal state, reason and stage."""
+def uploads(
+    ctx: click.Context, state: str | None, flagged: bool, limit: int | None, as_json: bool
+) -> None:
+    """List every upload with its terminal state, reason and stage, and the flag of an
+    accepted face that needs a look (identity_mismatch: not the person of the subject's
+    earlier faces)."""
     from schemas.reasons import UploadState
 
     repo = _repository(settings_of(ctx))
     rows = repo.list_uploads(UploadState(state) if state else None, limit)
+    flags = repo.face_flags([r.upload_id for r in rows if r.state == UploadState.ACCEPTED])
+    if flagged:
+        rows = [r for r in rows if r.upload_id in flags]
     if as_json:
-        emit_json([row.model_dump(mode="json") for row in rows])
+        emit_json(
+            [
+                row.model_dump(mode="json")
+                | dict(
+                    zip(
+                        ("flag", "flag_detail"), flags.get(row.upload_id, (None, None)), strict=True
+                    )
+                )
+                for row in rows
+            ]
+        )
         return
     emit_table(
         [
@@ -187,12 +207,13 @@ def uploads(ctx: click.Context, state: str | None, limit: int | None, as_json: b
                 r.state,
                 r.reason,
                 r.stage,
+                flags[r.upload_id][0] if r.upload_id in flags else None,
                 r.finished_at.isoformat(timespec="seconds"),
-                r.detail,
+                flags[r.upload_id][1] if r.upload_id in flags else r.detail,
             )
             for r in rows
         ],
-        ("upload", "state", "reason", "stage", "finished", "detail"),
+        ("upload", "state", "reason", "stage", "flag", "finished", "detail"),
     )
 
 

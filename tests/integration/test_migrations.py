@@ -26,6 +26,7 @@ TABLES = {
     "uploads",
     "faces",
     "labels",
+    "identity_links",
     "library_versions",
     "anime_refs",
     "ref_labels",
@@ -67,7 +68,7 @@ def test_upgrade_from_empty_reaches_head(sql_url: str) -> None:
 
     upgrade(sql_url)
 
-    assert current(sql_url) == head() == "0003"
+    assert current(sql_url) == head() == "0004"
     assert _tables(sql_url) == TABLES | {"alembic_version"}
 
 

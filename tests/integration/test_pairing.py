@@ -16,12 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select, update
 
 from agents.pairing.imports import ImportRefused, import_pairs
 from agents.pairing.pairer import Pairer
 from agents.pairing.store import PairStore, pair_id_for
 from agents.pipeline import Incoming, IngestPipeline
+from agents.references.geometry import parse_landmarks
 from agents.references.library import RefLibrary, read_sources
 from agents.review.store import ReviewStore
 from agents.stages.detect import MtcnnDetector
@@ -167,6 +168,26 @@ def test_confident_pairs_are_approved_and_the_rest_wait_for_review(world: World)
     assert young.pair_id not in {item.pair_id for item in queue}
 
 
+def test_a_flagged_face_waits_for_review_even_when_it_matches_well(world: World) -> None:
+    # london_001 pairs automatically when unflagged (the test above); flag it as ingestion
+    # does for a face that is not the person of the subject's earlier faces.
+    face = world.faces["london_001_neutral.jpg"]
+    with create_engine_for(world.settings.sql_url).begin() as connection:
+        connection.execute(
+            update(Face)
+            .where(col(Face.face_id) == face.face_id)
+            .values(flag="identity_mismatch", flag_detail="identity distance 0.52")
+        )
+    world.pairer.run([face])
+
+    pair = world.pair("london_001_neutral.jpg", "renpy")
+    assert pair.status == PairStatus.PENDING
+    assert pair.score is not None
+    assert pair.score >= world.settings.pairing.auto_approve
+    item = ReviewStore(create_engine_for(world.settings.sql_url)).item(pair.pair_id)
+    assert item.to_json()["face"]["flag"] == "identity_mismatch"
+
+
 def test_redelivery_changes_nothing_and_resends_the_records(world: World) -> None:
     first = world.pairer.run(list(world.faces.values()))
     before = {p.pair_id: p.model_dump() for p in world.store.list_pairs()}
@@ -243,3 +264,61 @@ def test_pairs_carry_no_raw_subject_id(world: World) -> None:
     assert subjects == faces
     assert not any(subject.startswith("subject-") for subject in subjects)
     assert labels  # declared and measured labels arrived with the faces
+
+
+def test_faces_with_equal_labels_spread_over_equally_good_references(world: World) -> None:
+    world.pairer.run(list(world.faces.values()))
+
+    # Both young women agree on every shared label with every renpy reference (all are
+    # labelled young women, none with an expression or hair colour): equally good, so the
+    # usage penalty sends the second to another reference than the first.
+    first = world.pair("london_001_neutral.jpg", "renpy")
+    second = world.pair("london_007_neutral.jpg", "renpy")
+    assert first.status == second.status == PairStatus.APPROVED
+    assert first.ref_id is not None
+    assert second.ref_id is not None
+    assert first.ref_id != second.ref_id
+    # Every renpy pair (the man's pending one too) uses a reference of its own.
+    usage = world.store.usage(["renpy"])
+    assert {("renpy", first.ref_id), ("renpy", second.ref_id)} <= set(usage)
+    assert set(usage.values()) == {1}
+
+
+def test_faces_carry_measured_expression_and_hair_colour(world: World) -> None:
+    with Session(create_engine_for(world.settings.sql_url)) as session:
+        labels = session.exec(select(Label).where(Label.source == "measured")).all()
+    names = {(label.face_id, label.name): label.value for label in labels}
+    face = world.faces["london_001_neutral.jpg"].face_id
+    assert names[(face, "expression")] == "neutral"
+    assert names[(face, "hair_colour")] == "brown"
+
+
+def test_painted_references_are_aligned_and_cel_ones_keep_their_square(world: World) -> None:
+    pc = world.library.list(style="pc")
+    renpy = world.library.list(style="renpy")
+    # MTCNN finds the painted faces (the pairs then train on the selfies' geometry)...
+    assert {r.landmarks_source for r in pc} == {"mtcnn"}
+    assert all(r.landmarks is not None and len(r.landmarks) == 5 for r in pc)
+    # ...and none of the cel-style ones: they keep today's padded square.
+    assert {r.landmarks_source for r in renpy} == {None}
+
+
+def test_a_person_may_give_a_references_landmarks(world: World) -> None:
+    points = "120,140,200,138,160,190,130,230,192,228"
+    outcomes = world.library.add(
+        [ANIME / "renpy_eileen_happy_sprite_rgba.png"],
+        style="renpy",
+        sources=read_sources(DATA / "SOURCES.csv"),
+        landmarks=parse_landmarks(points),
+    )
+    assert outcomes[0].ref_id is not None
+    ref = world.library.get(outcomes[0].ref_id)
+    assert ref is not None
+    assert ref.landmarks_source == "human"
+    assert ref.landmarks == [
+        [120.0, 140.0],
+        [200.0, 138.0],
+        [160.0, 190.0],
+        [130.0, 230.0],
+        [192.0, 228.0],
+    ]

@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_runner import run_s2a
 from PIL import Image
 
 from agents.pairing.store import PairStore
@@ -217,13 +217,7 @@ def outcome(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def _s2a(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """The command line, as an operator runs it, against this test's settings."""
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    return run_s2a(*args, env=settings_env(settings), check=True)
 
 
 def build_scenario(settings: Settings, outside: Path) -> Scenario:
@@ -363,11 +357,14 @@ def test_declared_and_measured_labels_arrive(outcome: dict, settings: Settings) 
         "age_band": "18-29",
         "gender": "female",
     }
-    # A studio portrait: measured in the same transaction as its face.
+    # A studio portrait: measured in the same transaction as its face (her expression from
+    # the landmarks, her hair colour from above the aligned face).
     assert {k[1]: v for k, v in labels.items() if k[0] == "measured"} == {
         "pose_band": "frontal",
         "lighting_band": "normal",
         "blur": "sharp",
+        "expression": "neutral",
+        "hair_colour": "blond",
     }
 
 

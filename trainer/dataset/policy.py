@@ -1,10 +1,12 @@
-"""What goes into a snapshot and how: split by subject, per-subject cap, sampling weights.
+"""What goes into a snapshot and how: split by person, per-subject cap, sampling weights.
 
 Pure functions of their arguments (no clock, no paths, no randomness), so a manifest built
 with them depends only on the data and the :class:`SnapshotParams`:
 
-- :func:`assign_splits` sends every subject wholly to ``train`` or ``validation`` by a
-  keyed hash of ``(seed, subject)``, so a subject never moves when others are added;
+- :func:`identity_groups` joins the subjects the embedder linked as one person;
+- :func:`assign_splits` sends every such group (a subject alone is one) wholly to
+  ``train`` or ``validation`` by a keyed hash of ``(seed, group)``, so a person never
+  sits on both sides and never moves when others are added;
 - :func:`cap_per_subject` keeps the best-scoring ``max_per_subject`` pairs per subject and
   style;
 - :func:`sampling_weights` gives inverse-frequency weights that even out the
@@ -108,30 +110,72 @@ def subject_draw(seed: int, subject: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def identity_groups(subjects: Iterable[str], links: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``{subject: group}``: subjects the embedder linked as one person share a group.
+
+    ``links`` are ``(subject, subject)`` pairs (from ``identity_links``: faces of two
+    subjects within ``settings.worker.identity_link_distance``); groups are their connected
+    components, so links chain (a selfie id, a public-dataset id and a second app account
+    of one person become one group). A group is named by its smallest subject pseudonym:
+    the same for the same links in any order, and a subject alone is its own group, so its
+    split is what it was before any link existed. Links to subjects outside ``subjects``
+    still connect (they may join two subjects through a third not in this snapshot).
+    """
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]  # path halving
+            x = parent[x]
+        return x
+
+    for a, b in links:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            # The smaller name becomes the root, so a group's name is its smallest member.
+            parent[max(ra, rb)] = min(ra, rb)
+    return {subject: root(subject) for subject in subjects}
+
+
 @dataclass(frozen=True, slots=True)
 class SplitPlan:
-    """Which split each subject goes to, and which subjects the fallback moved."""
+    """Which split each identity group goes to, which groups the fallback moved, and each
+    subject's group (a subject absent from ``groups`` is its own group)."""
 
     splits: Mapping[str, str]
     forced: tuple[str, ...] = ()
+    groups: Mapping[str, str] = field(default_factory=dict)
+
+    def group(self, subject: str) -> str:
+        return self.groups.get(subject, subject)
 
     def of(self, subject: str) -> str:
-        return self.splits[subject]
+        return self.splits[self.group(subject)]
 
 
-def assign_splits(subjects: Iterable[str], seed: int, validation_fraction: float) -> SplitPlan:
-    """Send every subject wholly to ``train`` or ``validation``.
+def assign_splits(
+    subjects: Iterable[str],
+    seed: int,
+    validation_fraction: float,
+    groups: Mapping[str, str] | None = None,
+) -> SplitPlan:
+    """Send every identity group (every subject, when ``groups`` links none) wholly to
+    ``train`` or ``validation``, so no person is on both sides.
 
-    A subject goes to validation when ``subject_draw(seed, subject) < validation_fraction``:
-    its split depends on nothing else, so it never moves when other subjects are added.
+    A group goes to validation when ``subject_draw(seed, group) < validation_fraction``:
+    its split depends on nothing else, so it never moves when other subjects are added
+    (only when a new link merges it into another group).
 
-    Fallback, so that both splits exist once there are two subjects and the fraction is
-    above zero: if no subject drew validation, the one with the smallest draw goes there;
-    if every subject drew validation, the one with the largest draw goes to train. Only
-    that one subject (listed in ``forced``) can move back later, when a newcomer's own
+    Fallback, so that both splits exist once there are two groups and the fraction is
+    above zero: if no group drew validation, the one with the smallest draw goes there;
+    if every group drew validation, the one with the largest draw goes to train. Only
+    that one group (listed in ``forced``) can move back later, when a newcomer's own
     draw fills the empty split. ``validation_fraction == 0`` means no validation at all.
     """
-    draws = {subject: subject_draw(seed, subject) for subject in sorted(set(subjects))}
+    groups = dict(groups or {})
+    units = sorted({groups.get(subject, subject) for subject in subjects})
+    draws = {unit: subject_draw(seed, unit) for unit in units}
     splits = {s: VALIDATION if u < validation_fraction else TRAIN for s, u in draws.items()}
     forced: list[str] = []
     if len(draws) >= 2 and validation_fraction > 0:
@@ -143,7 +187,7 @@ def assign_splits(subjects: Iterable[str], seed: int, validation_fraction: float
             chosen = max(draws, key=lambda s: (draws[s], s))
             splits[chosen] = TRAIN
             forced.append(chosen)
-    return SplitPlan(splits=splits, forced=tuple(forced))
+    return SplitPlan(splits=splits, forced=tuple(forced), groups=groups)
 
 
 class _Rankable(Protocol):

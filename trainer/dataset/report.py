@@ -281,6 +281,10 @@ def render_report(
     queue = summary.queue
     decided = summary.decided_by
     refs = reference_use(manifest)
+    people = [
+        len({r.identity or r.subject for r in manifest.records if r.split == split})
+        for split in SPLITS
+    ]
     html: list[str] = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         f"<title>Dataset report {escape(manifest.snapshot_id)}</title>",
@@ -296,6 +300,7 @@ def render_report(
             [
                 ("pairs", *(splits[s].records for s in SPLITS), records),
                 ("subjects", *(splits[s].subjects for s in SPLITS), summary.subjects),
+                ("people (identity groups)", *people, summary.identity_groups),
                 ("distinct references", *(refs.per_split[s] for s in SPLITS), refs.distinct),
             ],
         ),
@@ -305,9 +310,13 @@ def render_report(
                 ("most-used reference", _top_ref_text(refs)),
                 ("pairs dropped by the per-subject cap", summary.dropped_by_cap),
                 ("duplicate uploads removed at ingestion", summary.duplicate_uploads),
+                (
+                    "subjects merged as one person (kept in one split)",
+                    summary.merged_subjects,
+                ),
                 ("approved pairs left out (reference quarantined)", summary.quarantined_refs),
                 (
-                    "subjects moved by the split fallback",
+                    "identity groups moved by the split fallback",
                     ", ".join(summary.split_fallback) or "none",
                 ),
             ],

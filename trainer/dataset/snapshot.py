@@ -75,6 +75,7 @@ from trainer.dataset.policy import (
     assign_splits,
     cap_per_subject,
     caption,
+    identity_groups,
     sampling_weights,
 )
 from trainer.dataset.state import ApprovedPair, DatasetState, load_state, record_snapshot
@@ -143,13 +144,14 @@ def _decider(decided_by: str | None) -> str:
     return "auto" if decided_by == "auto" else "other"
 
 
-def _record(pair: ApprovedPair, split: str, weight: float) -> ManifestRecord:
+def _record(pair: ApprovedPair, split: str, weight: float, identity: str) -> ManifestRecord:
     public = pair.face_source == "public-dataset"
     return ManifestRecord(
         pair_id=pair.pair_id,
         face_id=pair.face_id,
         upload_id=pair.upload_id,
         subject=pair.subject,
+        identity=identity,
         style=pair.style,
         split=split,
         weight=weight,
@@ -181,17 +183,23 @@ def _record(pair: ApprovedPair, split: str, weight: float) -> ManifestRecord:
 
 
 def build_manifest(state: DatasetState, params: SnapshotParams) -> DatasetManifest:
-    """The manifest of ``state``: capped, split by subject, weighted and captioned.
+    """The manifest of ``state``: capped, split by person (identity group), weighted and
+    captioned.
 
     Pure: the same state and params always give an equal manifest (and so the same bytes).
     """
     kept, dropped = cap_per_subject(state.pairs, params.max_per_subject)
-    plan = assign_splits((p.subject for p in kept), params.seed, params.validation_fraction)
+    subjects = {p.subject for p in kept}
+    groups = identity_groups(subjects, state.subject_links)
+    plan = assign_splits(subjects, params.seed, params.validation_fraction, groups)
     records: list[ManifestRecord] = []
     for split in SPLITS:
         members = [p for p in kept if plan.of(p.subject) == split]
         weights = sampling_weights([as_values(p.labels) for p in members], params.target_coverage)
-        records.extend(_record(p, split, w) for p, w in zip(members, weights, strict=True))
+        records.extend(
+            _record(p, split, w, plan.group(p.subject))
+            for p, w in zip(members, weights, strict=True)
+        )
     records.sort(key=lambda r: (r.split, r.style, r.subject, r.pair_id))
     versions = [r.lineage.library_version for r in records]
     return DatasetManifest(
@@ -215,6 +223,7 @@ def _summary(
         for split in SPLITS
     }
     decided = Counter(_decider(r.lineage.decided_by) for r in records)
+    per_person = Counter(identity for identity, _ in {(r.identity, r.subject) for r in records})
     return ManifestSummary(
         records=len(records),
         subjects=len({r.subject for r in records}),
@@ -229,6 +238,8 @@ def _summary(
         decided_by={k: decided.get(k, 0) for k in ("auto", "human", "import", "other")},
         duplicate_uploads=state.duplicate_uploads,
         quarantined_refs=state.quarantined_refs,
+        identity_groups=len(per_person),
+        merged_subjects=sum(n for n in per_person.values() if n > 1),
     )
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, Select, Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
@@ -32,12 +32,22 @@ from schemas.labels import LabelValue, resolve
 from schemas.manifest import DatasetManifest
 from schemas.pairs import PairStatus
 from schemas.reasons import ReasonCode, RefStatus, UploadState
-from schemas.tables import AnimeRef, Face, Label, Pair, RefLabel, Snapshot, Upload
+from schemas.tables import (
+    AnimeRef,
+    Face,
+    IdentityLink,
+    Label,
+    Pair,
+    RefLabel,
+    Snapshot,
+    Upload,
+)
 from trainer.dataset.policy import TRAIN, VALIDATION, SnapshotParams
 from trainer.errors import DatasetError, StorageError
 
 _PAIRS: Table = SQLModel.metadata.tables[Pair.__tablename__]
 _FACES: Table = SQLModel.metadata.tables[Face.__tablename__]
+_LINKS: Table = SQLModel.metadata.tables[IdentityLink.__tablename__]
 _UPLOADS: Table = SQLModel.metadata.tables[Upload.__tablename__]
 _LABELS: Table = SQLModel.metadata.tables[Label.__tablename__]
 _REFS: Table = SQLModel.metadata.tables[AnimeRef.__tablename__]
@@ -92,6 +102,8 @@ class DatasetState:
     """uploads rejected as ``duplicate`` (near-identical face of the same subject)"""
     quarantined_refs: int = 0
     """approved pairs left out because their reference has been quarantined since"""
+    subject_links: tuple[tuple[str, str], ...] = ()
+    """``(subject, subject)``: faces of the two were linked as one person at ingestion"""
 
 
 # -- reading the state from SQL -----------------------------------------------------------
@@ -201,6 +213,7 @@ def load_state(engine: Engine, params: SnapshotParams) -> DatasetState:
                 connection.execute(ref_labels_query), "reference", params.min_model_confidence
             )
             queue = {str(s): int(n) for s, n in connection.execute(queue_query)}
+            links = sorted({(row[0], row[1]) for row in connection.execute(_subject_links_query())})
             duplicates = int(connection.scalar(duplicates_query) or 0)
 
     pairs: list[ApprovedPair] = []
@@ -242,6 +255,18 @@ def load_state(engine: Engine, params: SnapshotParams) -> DatasetState:
         queue=queue,
         duplicate_uploads=duplicates,
         quarantined_refs=quarantined,
+        subject_links=tuple(links),
+    )
+
+
+def _subject_links_query() -> Select[str, str]:
+    """Every identity link as the pair of its faces' subjects (an erased face takes its
+    links with it, so only live faces link)."""
+    first, second = _FACES.alias("first"), _FACES.alias("second")
+    return select(first.c.subject, second.c.subject).select_from(
+        _LINKS.join(first, first.c.face_id == _LINKS.c.face_id).join(
+            second, second.c.face_id == _LINKS.c.other_face_id
+        )
     )
 
 

@@ -145,6 +145,9 @@
     $("face-credit").textContent = face.attribution
       ? `${face.attribution}${face.license ? ` (${face.license})` : ""}`
       : `Source: ${face.source}${face.license ? ` (${face.license})` : ""}`;
+    const flag = $("face-flag");
+    flag.hidden = !face.flag;
+    flag.textContent = face.flag ? `Flagged ${face.flag.replaceAll("_", " ")}: ${face.flag_detail ?? ""}` : "";
 
     const meta = $("pair-meta");
     meta.replaceChildren();

@@ -32,6 +32,16 @@ EDGE_OVERSAMPLING = 4.0
 #: Mark the style index as the tenant key: optimised segments store each style's points
 #: together, which cut the filtered p50 at 100k from ~5 ms to ~3 ms (same sweep).
 EDGE_STYLE_TENANT = True
+#: Search a float32 copy of the shard in the calling thread rather than with the engine.
+#: The engine hands each query to its search thread pool; on two shared cores a woken
+#: pool thread queues for a core (behind other processes, or OpenBLAS threads still
+#: spinning after a numpy matmul in this process), which made the tail: filtered p50 ~1 ms
+#: but p99 up to 13-55 ms at 100k references. The copy answers with the same float32
+#: cosines; at 100k 128-d references (BENCHMARKS.md, "Matching", same runs) filtered
+#: p50 0.3 ms, p99 0.4-0.5 ms (engine 1.0, 1.3-5.3) and unfiltered 1.7-1.9, 1.8-3.0 ms
+#: (engine 2.9-3.2, 3.9-8.1). It costs a read of the shard on the first search (~2.5-4 s
+#: for 100k) and n x dim x 4 bytes of memory plus the payloads.
+EDGE_IN_MEMORY = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,9 @@ class EdgeTuning:
     search_ef: int | None = None
     #: extra graph links per payload value of the keyword indexes (0: none)
     payload_m: int = 0
+    #: search a float32 copy of the shard in the calling thread (False: the engine's own
+    #: search, through its thread pool; see EDGE_IN_MEMORY)
+    in_memory: bool = EDGE_IN_MEMORY
 
 
 EDGE_TUNING = EdgeTuning()

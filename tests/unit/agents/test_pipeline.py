@@ -7,12 +7,14 @@ only the detector is wrapped at its seam where a test needs it to fail.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_runner import run_s2a
 from PIL import Image
 
 from agents.errors import StorageError
@@ -43,9 +45,12 @@ def _photo(name: str) -> bytes:
     return (REAL / name).read_bytes()
 
 
-def _reencoded(name: str) -> bytes:
+def _reencoded(name: str, *, scale: float = 1.0, quality: int = 80) -> bytes:
+    image = Image.open(REAL / name).convert("RGB")
+    if scale != 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
     out = io.BytesIO()
-    Image.open(REAL / name).convert("RGB").save(out, "JPEG", quality=80)
+    image.save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
@@ -95,12 +100,15 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
     assert dup.subject is not None
     assert outcomes[0].face is not None
     assert outcomes[0].face.subject != "subject-a"
-    # Every accepted face is stored with its measured labels.
+    # Every accepted face is stored with its measured labels (expression and hair colour:
+    # agents.stages.appearance; she is blond, her face at rest).
     labels = pipeline.repository.labels_of_face(outcomes[0].face.face_id)
     assert {(label.source, label.name, label.value) for label in labels} == {
         ("measured", "pose_band", "frontal"),
         ("measured", "lighting_band", "normal"),
         ("measured", "blur", "sharp"),
+        ("measured", "expression", "neutral"),
+        ("measured", "hair_colour", "blond"),
     }
     # Re-delivery of the whole batch changes nothing: every upload is already finished.
     before = pipeline.repository.counts()
@@ -108,6 +116,64 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
     assert [o.state for o in again] == [None] * len(batch)
     assert pipeline.repository.counts() == before
     assert pipeline.store.index.count() == 3
+
+
+def test_a_rescaled_copy_is_a_duplicate_and_a_smile_is_not(pipeline: IngestPipeline) -> None:
+    neutral = _event(_photo("london_016_neutral.jpg"), "subject-g")
+    smiling = _event(_photo("london_016_smiling.jpg"), "subject-g")
+    copy = _event(_reencoded("london_016_neutral.jpg", scale=0.6, quality=60), "subject-g")
+
+    outcomes = pipeline.run([Incoming(e.to_bytes()) for e in (neutral, smiling, copy)])
+
+    assert _states(outcomes) == ["accepted", "accepted", "duplicate"]
+    detail = outcomes[2].rejection.detail if outcomes[2].rejection else ""
+    assert outcomes[0].face is not None
+    assert f"a copy of face {outcomes[0].face.face_id}" in detail
+    assert "S2A_WORKER__DUPLICATE_SIMILARITY" in detail
+    # One person's two photos are not a mismatch either.
+    assert outcomes[1].face is not None
+    assert outcomes[1].face.flag is None
+
+
+def test_another_person_under_a_subject_id_is_flagged_not_dropped(
+    pipeline: IngestPipeline,
+) -> None:
+    first = _event(_photo("london_017_neutral.jpg"), "subject-h")
+    someone_else = _event(_photo("london_018_neutral.jpg"), "subject-h")
+
+    outcomes = pipeline.run([Incoming(e.to_bytes()) for e in (first, someone_else)])
+
+    assert _states(outcomes) == ["accepted", "accepted"]
+    assert outcomes[0].face is not None
+    assert outcomes[0].face.flag is None
+    assert outcomes[1].face is not None
+    stored = pipeline.repository.get_face(outcomes[1].face.face_id)
+    assert stored is not None
+    assert stored.flag == "identity_mismatch"
+    assert stored.flag_detail is not None
+    assert "S2A_WORKER__IDENTITY_MISMATCH_DISTANCE" in stored.flag_detail
+    # The operator sees it in `s2a uploads`.
+    listed = run_s2a("uploads", "--flagged", "--json", home=pipeline.settings.home, check=True)
+    assert [(u["upload_id"], u["flag"]) for u in json.loads(listed.stdout)] == [
+        (someone_else.upload_id, "identity_mismatch")
+    ]
+
+
+def test_one_person_under_two_subject_ids_is_linked(pipeline: IngestPipeline) -> None:
+    # A selfie and a public-dataset-like second account of one person, and a stranger.
+    neutral = _event(_photo("london_001_neutral.jpg"), "subject-p")
+    smiling = _event(_photo("london_001_smiling.jpg"), "subject-q")
+    stranger = _event(_photo("london_011_neutral.jpg"), "subject-r")
+
+    outcomes = pipeline.run([Incoming(e.to_bytes()) for e in (neutral, smiling, stranger)])
+
+    assert _states(outcomes) == ["accepted", "accepted", "accepted"]
+    faces = [o.face.face_id for o in outcomes if o.face is not None]
+    links = pipeline.repository.identity_links(faces)
+    # The later face links to the earlier one; the stranger links to no one.
+    assert [(link.face_id, link.other_face_id) for link in links] == [(faces[1], faces[0])]
+    assert 0 < links[0].distance <= pipeline.settings.worker.identity_link_distance
+    assert links[0].embedder == pipeline.embedder.name
 
 
 def test_faces_record_their_embedder_and_land_in_its_collection(
@@ -168,7 +234,10 @@ def test_one_broken_image_does_not_fail_its_batch(pipeline: IngestPipeline) -> N
 
 
 class _BrokenIndex:
-    def vectors(self, *args: object, **kwargs: object) -> dict[str, object]:
+    def __init__(self, space: object) -> None:
+        self.space = space
+
+    def named_vectors(self, *args: object, **kwargs: object) -> dict[str, object]:
         raise StorageError("qdrant is down")
 
 
@@ -176,7 +245,7 @@ def test_storage_failure_stops_the_batch_and_records_nothing(pipeline: IngestPip
     # subject-b has faces already, so the duplicate check reads Qdrant and meets the failure.
     event = _event(_photo("london_003_neutral.jpg"), "subject-b")
     index = pipeline.store.index
-    pipeline.store.index = _BrokenIndex()  # type: ignore[assignment]
+    pipeline.store.index = _BrokenIndex(index.space)  # type: ignore[assignment]
     try:
         with pytest.raises(StorageError):
             pipeline.process([Incoming(event.to_bytes())])

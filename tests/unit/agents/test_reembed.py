@@ -154,6 +154,40 @@ def test_reembed_moves_the_store_and_a_rerun_finishes_what_a_crash_left(
     assert float(np.linalg.norm(direct - vectors[store.faces["london_001_neutral.jpg"]])) < 0.08
 
 
+def test_reembedding_links_one_person_under_two_subject_ids(
+    store: Store, dlib_embedder: DlibResnetEmbedder
+) -> None:
+    # Ingested with the random-init embedder, which links no one: the smiling photo of
+    # london_001 under another subject id has no link yet.
+    now = datetime.now(UTC)
+    second = UploadEvent(
+        upload_id=f"u-{uuid.uuid4().hex[:12]}",
+        subject_id="subject-second-account",
+        consent=Consent(version="1", scopes=["training"], granted_at=now - timedelta(days=1)),
+        image=ImagePayload(data=(REAL / "london_001_smiling.jpg").read_bytes()),
+        submitted_at=now,
+    )
+    [outcome] = store.pipeline.run([Incoming(second.to_bytes())])
+    assert outcome.face is not None
+    repository = store.pipeline.repository
+    first = store.faces["london_001_neutral.jpg"]
+    assert repository.identity_links([first, outcome.face.face_id]) == []
+
+    Reembedder(
+        create_engine_for(store.settings.sql_url),
+        BlobStore(store.settings.blob_dir),
+        store.pipeline.store.index.client,
+        dlib_embedder,
+        link_distance=store.settings.worker.identity_link_distance,
+    ).run()
+
+    links = repository.identity_links([*store.faces.values(), outcome.face.face_id])
+    assert {frozenset((link.face_id, link.other_face_id)) for link in links} == {
+        frozenset((first, outcome.face.face_id))
+    }
+    assert {link.embedder for link in links} == {dlib_embedder.name}
+
+
 def test_a_missing_crop_leaves_that_face_and_moves_the_rest(
     store: Store, dlib_embedder: DlibResnetEmbedder
 ) -> None:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_s2a
 
 REAL = Path(__file__).parents[2] / "data" / "real"
 
 
 def _s2a(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {"S2A_HOME": str(home), "PATH": "/usr/bin:/bin", "S2A_BROKER_PORT": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True
-    )
+    # Port 1: nothing listens there, so a command that needs no broker is shown to need none.
+    return run_s2a(*args, home=home, env={"S2A_BROKER_PORT": "1"})
 
 
 def test_selfie_without_subject_fails_with_one_line(tmp_path: Path) -> None:
@@ -42,10 +40,7 @@ def test_publish_without_a_broker_names_it(tmp_path: Path) -> None:
 
 
 def test_invalid_settings_are_named_on_one_line(tmp_path: Path) -> None:
-    env = {"S2A_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "S2A_BROKER_PORT": "not-a-port"}
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "status"], env=env, capture_output=True, text=True
-    )
+    result = run_s2a("status", home=tmp_path, env={"S2A_BROKER_PORT": "not-a-port"})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("s2a: invalid settings (S2A_* variables): broker_port:")

@@ -219,14 +219,14 @@ def test_csv_attributes_map_onto_declared_attributes(tmp_path: Path, folder: Pat
     )
     table = read_attributes(table_file)
     assert table.ignored == ("mood",)
-    assert table.not_carried == ("Smiling",)
+    assert table.not_carried == ()
     batch = plan([folder])
     publisher = ListPublisher()
     list(publish_each(batch.files, _request(), Settings(), publisher, table))
     by_subject = {e.subject_id.rsplit("/", 1)[-1]: e.attributes for e in publisher.events}
     assert by_subject == {
         "london_001_neutral": DeclaredAttributes(
-            gender="female", age=34, glasses=False, hair_colour="Brown"
+            gender="female", age=34, glasses=False, hair_colour="Brown", expression="smiling"
         ),
         "london_004_neutral": DeclaredAttributes(),  # no row: nothing declared
         "inner": DeclaredAttributes(gender="male", glasses=True),
@@ -252,16 +252,32 @@ def test_celeba_layout_maps_its_columns(tmp_path: Path) -> None:
     table_file.write_text(CELEBA)
     table = read_attributes(table_file)
     assert table.ignored == ("5_o_Clock_Shadow", "Arched_Eyebrows")
-    assert table.not_carried == ("Smiling", "Young")
+    # Young is no age in years and gives no age band: named, and ignored.
+    assert table.not_carried == ("Young",)
     assert table.rows == {
-        "000001.jpg": DeclaredAttributes(gender="female", glasses=False, hair_colour="blond"),
-        "000002.jpg": DeclaredAttributes(gender="male", glasses=True, hair_colour="black"),
+        "000001.jpg": DeclaredAttributes(
+            gender="female", glasses=False, hair_colour="blond", expression="smiling"
+        ),
+        "000002.jpg": DeclaredAttributes(
+            gender="male", glasses=True, hair_colour="black", expression="neutral"
+        ),
         # Two hair colours set: which one is unknown, so none is declared.
-        "000003.jpg": DeclaredAttributes(gender="male", glasses=False),
+        "000003.jpg": DeclaredAttributes(gender="male", glasses=False, expression="neutral"),
     }
     images = tmp_path / "img_align_celeba"
     assert table.for_file(images / "000002.jpg", images) == table.rows["000002.jpg"]
     assert table.for_file(images / "000009.jpg", images) is None
+
+
+def test_an_expression_column_wins_over_smiling(tmp_path: Path) -> None:
+    table_file = tmp_path / "attrs.csv"
+    table_file.write_text("file,Expression,smiling\na.jpg,Other,1\nb.jpg,,no\nc.jpg,,\n")
+    rows = read_attributes(table_file).rows
+    assert rows == {
+        "a.jpg": DeclaredAttributes(expression="other"),
+        "b.jpg": DeclaredAttributes(expression="neutral"),
+        "c.jpg": DeclaredAttributes(),
+    }
 
 
 @pytest.mark.parametrize(
@@ -271,6 +287,11 @@ def test_celeba_layout_maps_its_columns(tmp_path: Path) -> None:
         ("file,age\na.jpg,5\n", "line 2: age: input should be greater than or equal to 13"),
         ("file,age\na.jpg,thirty\n", "line 2: age is 'thirty'"),
         ("file,glasses\na.jpg,maybe\n", "line 2: glasses is 'maybe'; a flag is"),
+        ("file,smiling\na.jpg,sometimes\n", "line 2: smiling is 'sometimes'; a flag is"),
+        (
+            "file,expression\na.jpg,grinning\n",
+            "line 2: expression is 'grinning'; expected one of neutral, smiling, other",
+        ),
         ("file,gender\na.jpg,female\na.jpg,male\n", "line 3: a.jpg already has a row (line 2)"),
         ("file,gender\na.jpg\n", "line 2: 1 fields, the header has 2"),
         ("", "the file is empty"),
@@ -283,3 +304,45 @@ def test_bad_attribute_files_are_usage_errors(tmp_path: Path, content: str, mess
         read_attributes(table_file)
     assert str(caught.value).startswith(f"--attributes {table_file}")
     assert message.lower() in str(caught.value).lower()
+
+
+def test_declared_expressions_reach_the_stored_faces(tmp_path: Path) -> None:
+    # CelebA's layout over its file names, and a CSV with a smiling column: published as
+    # events, run through the stage chain in process, stored with declared labels.
+    from agents.pipeline import Incoming, IngestPipeline
+
+    celeba = tmp_path / "img_align_celeba"
+    celeba.mkdir()
+    for number, photo in ((1, "london_001_smiling.jpg"), (2, "london_004_neutral.jpg")):
+        (celeba / f"{number:06d}.jpg").write_bytes((REAL / photo).read_bytes())
+    celeba_attrs = tmp_path / "list_attr_celeba.txt"
+    celeba_attrs.write_text(
+        "2\nEyeglasses Male Smiling Young\n000001.jpg -1 -1 1 1\n000002.jpg -1 1 -1 1\n"
+    )
+    selfies = tmp_path / "selfies"
+    selfies.mkdir()
+    (selfies / "photo.jpg").write_bytes((REAL / "london_016_smiling.jpg").read_bytes())
+    csv_attrs = tmp_path / "attrs.csv"
+    csv_attrs.write_text("file,gender,smiling\nphoto.jpg,female,yes\n")
+    settings = Settings(home=tmp_path / "home")
+    publisher = ListPublisher()
+    for folder, table_file in ((celeba, celeba_attrs), (selfies, csv_attrs)):
+        batch = plan([folder])
+        table = read_attributes(table_file)
+        list(publish_each(batch.files, _request(), settings, publisher, table))
+    assert [e.schema_version for e in publisher.events] == [2, 2, 2]
+    pipeline = IngestPipeline.build(settings)
+    try:
+        outcomes = pipeline.run([Incoming(e.to_bytes()) for e in publisher.events])
+        declared = []
+        for outcome in outcomes:
+            assert outcome.face is not None, outcome.rejection
+            labels = pipeline.repository.labels_of_face(outcome.face.face_id)
+            declared.append({(x.name, x.value) for x in labels if x.source == "declared"})
+    finally:
+        pipeline.close()
+    assert declared == [
+        {("expression", "smiling"), ("gender", "female"), ("glasses", "no")},
+        {("expression", "neutral"), ("gender", "male"), ("glasses", "no")},
+        {("expression", "smiling"), ("gender", "female")},
+    ]

@@ -51,6 +51,27 @@ def test_hand_written_record_passes_schema_and_model() -> None:
     assert event.image.data == (REAL / "london_001_neutral.jpg").read_bytes()
 
 
+def test_version_2_declares_an_expression_and_version_1_stays_valid() -> None:
+    schema = json.loads((json_schemas.FOLDER / "upload_event.json").read_text())
+    record = _hand_written()
+    record["schema_version"] = 2
+    record["attributes"] = {"age": 34, "expression": "smiling"}
+    jsonschema.validate(record, schema)
+    assert UploadEvent.from_bytes(json.dumps(record).encode()).attributes.expression == "smiling"
+    # A version 1 event (no expression) is read as before; one with an expression is not
+    # what a version 1 producer can mean.
+    assert UploadEvent.from_bytes(json.dumps(_hand_written()).encode()).schema_version == 1
+    record["schema_version"] = 1
+    with pytest.raises(ValueError, match=r"attributes\.expression needs schema_version 2"):
+        UploadEvent.from_bytes(json.dumps(record).encode())
+    record["schema_version"] = 2
+    record["attributes"] = {"expression": "grinning"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(record, schema)
+    with pytest.raises(ValueError, match="expression"):
+        UploadEvent.from_bytes(json.dumps(record).encode())
+
+
 def test_schema_and_model_refuse_unknown_fields() -> None:
     record = _hand_written() | {"subjectId": "typo"}
     schema = json.loads((json_schemas.FOLDER / "upload_event.json").read_text())

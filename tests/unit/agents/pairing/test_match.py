@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from agents.pairing.match import (
@@ -11,9 +13,11 @@ from agents.pairing.match import (
     decide,
     label_agreement,
     score_candidates,
+    usage_cost,
 )
 from agents.stores.refindex import RefHit
 from schemas.pairs import Candidate, PairStatus
+from schemas.settings import PairingSettings
 
 
 def hit(ref_id: str, cosine: float, **labels: str) -> RefHit:
@@ -85,7 +89,62 @@ def test_decision_threshold(best: float, status: PairStatus) -> None:
     assert decision.score == best
 
 
+def test_a_flagged_face_waits_for_review_however_good_its_best_candidate() -> None:
+    candidates = [Candidate(ref_id="x", score=1.0, similarity=0.5, label_agreement=1.0)]
+    decision = decide(candidates, auto_approve=0.8, needs_review=True)
+    assert (decision.status, decision.ref_id, decision.score) == (PairStatus.PENDING, "x", 1.0)
+
+
 def test_no_candidate_is_unmatched() -> None:
     decision = decide([], auto_approve=0.8)
     assert decision.status is PairStatus.UNMATCHED
     assert decision.ref_id is None
+
+
+# -- usage penalty --------------------------------------------------------------------------
+
+
+def test_usage_cost_grows_with_use_and_stays_under_the_penalty() -> None:
+    penalty = PairingSettings().usage_penalty
+    costs = [usage_cost(u, penalty) for u in range(50)]
+    assert costs[0] == 0.0
+    assert costs[1] == pytest.approx(penalty / 2)
+    assert all(a < b for a, b in itertools.pairwise(costs))
+    assert max(costs) < penalty
+    # Under the least gap between two label agreements (4/5 against 3/4): the penalty never
+    # puts a reference that agrees on fewer labels first.
+    assert penalty < 4 / 5 - 3 / 4
+
+
+def test_two_equal_faces_go_to_two_equally_good_references() -> None:
+    hits = [hit("a", 0.5, gender="female"), hit("b", 0.5, gender="female")]
+    face = {"gender": "female"}
+    penalty = PairingSettings().usage_penalty
+    uses: dict[str, int] = {}
+    chosen = []
+    for _ in range(4):
+        best = score_candidates(
+            hits, face, similarity_informative=False, uses=uses, usage_penalty=penalty
+        )[0]
+        chosen.append(best.ref_id)
+        uses[best.ref_id] = uses.get(best.ref_id, 0) + 1
+    assert chosen == ["a", "b", "a", "b"]
+    # Faces that agree with no reference spread too, though their scores stay at 0.
+    male = score_candidates(
+        hits, {"gender": "male"}, similarity_informative=False, uses={"a": 1}, usage_penalty=penalty
+    )
+    assert [(c.ref_id, c.score) for c in male] == [("b", 0.0), ("a", 0.0)]
+
+
+def test_a_used_reference_still_beats_a_worse_labelled_one() -> None:
+    hits = [hit("good", 0.5, gender="female", age_band="18-29"), hit("worse", 0.5, gender="male")]
+    ranked = score_candidates(
+        hits,
+        {"gender": "female", "age_band": "18-29"},
+        similarity_informative=False,
+        uses={"good": 1000},
+        usage_penalty=PairingSettings().usage_penalty,
+    )
+    assert [c.ref_id for c in ranked] == ["good", "worse"]
+    assert ranked[0].label_agreement == 1.0
+    assert ranked[0].score == pytest.approx(1.0 - usage_cost(1000, 0.04))

@@ -148,6 +148,8 @@ def seed(home: Path) -> Seeded:
             image_width=512,
             image_height=512,
             created_at=T0,
+            flag="identity_mismatch" if i == 1 else None,
+            flag_detail="identity distance 0.61 to the nearest" if i == 1 else None,
         )
         faces.append(face)
         rows.append(face)
@@ -290,6 +292,13 @@ def test_item_shows_crop_resolved_labels_and_attributed_candidates(
     payload = item.to_json()
     assert payload["candidates"][1]["ref"]["author"] == second.ref.author
     assert payload["labels"][0]["name"] == "age_band"
+    assert (payload["face"]["flag"], payload["face"]["flag_detail"]) == (None, None)
+
+
+def test_item_shows_why_a_face_is_flagged(store: ReviewStore, seeded: Seeded) -> None:
+    face = store.item("p-mid").to_json()["face"]  # the pair of faces[1]
+    assert face["flag"] == "identity_mismatch"
+    assert face["flag_detail"].startswith("identity distance 0.61")
 
 
 def test_missing_pair_is_not_found(store: ReviewStore) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import get_args
 
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from agents.records import CleanImage, Detection, QualityReport, ValidUpload
 from agents.stages.detect import MtcnnDetector
@@ -23,9 +25,9 @@ from agents.stages.label import (
 )
 from agents.stages.prepare import declared_labels
 from agents.stages.quality import assess
-from schemas.labels import LabelName, check
+from schemas.labels import VALUES, LabelName, check
 from schemas.settings import QualitySettings
-from schemas.uploads import DeclaredAttributes, Source
+from schemas.uploads import DeclaredAttributes, Expression, Source
 
 _FACE = Detection(
     box=(10.0, 10.0, 210.0, 250.0), prob=0.999, landmarks=np.zeros((5, 2), np.float32)
@@ -203,6 +205,17 @@ def test_declared_glasses_and_blanks() -> None:
     assert declared_values(DeclaredAttributes()) == {}
 
 
+def test_declared_expression_is_the_vocabulary_value() -> None:
+    for value in VALUES[LabelName.EXPRESSION]:
+        assert declared_values(DeclaredAttributes(expression=value)) == {  # type: ignore[arg-type]
+            LabelName.EXPRESSION: value
+        }
+    # The contract admits exactly the vocabulary's values, nothing else.
+    assert set(get_args(Expression)) == set(VALUES[LabelName.EXPRESSION])
+    with pytest.raises(ValidationError, match="expression"):
+        DeclaredAttributes(expression="grinning")  # type: ignore[arg-type]
+
+
 def test_declared_labels_of_an_upload_are_vocabulary_rows() -> None:
     now = datetime(2026, 1, 2, tzinfo=UTC)
     upload = ValidUpload(
@@ -215,7 +228,9 @@ def test_declared_labels_of_an_upload_are_vocabulary_rows() -> None:
         source=Source.SELFIE,
         license=None,
         attribution=None,
-        attributes=DeclaredAttributes(age=24, gender="Female", glasses=True, hair_colour="auburn"),
+        attributes=DeclaredAttributes(
+            age=24, gender="Female", glasses=True, hair_colour="auburn", expression="smiling"
+        ),
         submitted_at=now,
         image_data=None,
         image_uri=None,
@@ -223,6 +238,7 @@ def test_declared_labels_of_an_upload_are_vocabulary_rows() -> None:
     rows = declared_labels(upload, "face-1", now)
     assert [(r.name, r.value) for r in rows] == [
         ("age_band", "18-29"),
+        ("expression", "smiling"),
         ("gender", "female"),
         ("glasses", "yes"),
         ("hair_colour", "red"),

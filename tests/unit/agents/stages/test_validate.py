@@ -124,7 +124,7 @@ def test_public_dataset_without_license_is_bad_schema() -> None:
 
 def test_unknown_fields_and_versions_are_bad_schema() -> None:
     assert rejected(encode(make_doc(colour="blue"))).reason is ReasonCode.BAD_SCHEMA
-    error = rejected(encode(make_doc(schema_version=2)))
+    error = rejected(encode(make_doc(schema_version=3)))  # 1 and 2 are read
     assert "schema_version" in error.detail
 
 

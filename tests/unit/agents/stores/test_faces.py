@@ -13,7 +13,7 @@ from qdrant_client import QdrantClient
 
 from agents.errors import EmbedderMismatch, StorageError
 from agents.records import EmbeddingSpace, ValidUpload
-from agents.sink import FaceStore
+from agents.sink import DuplicateRule, FaceStore
 from agents.stores.blobs import BlobStore
 from agents.stores.faces import APPEARANCE_VECTOR, FACE_VECTOR, FaceIndex, faces_collection
 from schemas.uploads import DeclaredAttributes, Source
@@ -58,8 +58,8 @@ def test_an_existing_collection_is_found_by_embedder_name_and_checked() -> None:
 class _NoFaces:
     """The repository's seam the duplicate check reads: nobody has faces yet."""
 
-    def face_ids_of_subject(self, subject: str) -> list[str]:
-        return []
+    def crops_of_subject(self, subject: str) -> dict[str, str]:
+        return {}
 
 
 class _Prepared:
@@ -72,7 +72,8 @@ def test_the_store_refuses_a_vector_of_another_embedder(tmp_path: Path) -> None:
         BlobStore(tmp_path),
         FaceIndex(QdrantClient(":memory:"), DLIB),
         _NoFaces(),  # type: ignore[arg-type]
-        duplicate_similarity=0.985,
+        duplicates=DuplicateRule(similarity=0.985, identity_gate=None),
+        mismatch_distance=None,
     )
     upload = _upload()
     with pytest.raises(EmbedderMismatch, match="not by 'inception-resnet-v1"):

@@ -23,6 +23,7 @@ from trainer.dataset import (
     canonical_json,
     cap_per_subject,
     caption,
+    identity_groups,
     sampling_weights,
     snapshot_id_of,
     subject_draw,
@@ -218,6 +219,46 @@ def test_no_subject_is_in_both_splits_and_order_does_not_matter(
             assert fmean(weights) == pytest.approx(1.0, abs=1e-5)
     shuffled = DatasetState(pairs=tuple(data.draw(st.permutations(pairs))))
     assert canonical_json(build_manifest(shuffled, PARAMS)) == canonical_json(manifest)
+
+
+def test_identity_groups_are_the_components_of_the_links_named_by_their_smallest() -> None:
+    links = [("s-c", "s-b"), ("s-b", "s-e"), ("s-x", "s-y")]
+    groups = identity_groups(["s-a", "s-b", "s-c", "s-e", "s-y"], links)
+    assert groups == {"s-a": "s-a", "s-b": "s-b", "s-c": "s-b", "s-e": "s-b", "s-y": "s-x"}
+    assert identity_groups(groups, reversed(links)) == groups  # order does not matter
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    subjects=st.lists(subject_names, min_size=2, max_size=12, unique=True),
+    data=st.data(),
+    seed=st.integers(0, 5),
+)
+def test_one_person_under_several_subject_ids_lands_in_one_split(
+    subjects: list[str], data: st.DataObject, seed: int
+) -> None:
+    # Any links at all: every linked subject shares its person's split, every record says
+    # which person, and the summary counts the merged subjects.
+    index = st.integers(0, len(subjects) - 1)
+    links = data.draw(st.lists(st.tuples(index, index), max_size=6))
+    subject_links = tuple((subjects[a], subjects[b]) for a, b in links if a != b)
+    pairs = tuple(_pair(i, subject, {"gender": "female"}) for i, subject in enumerate(subjects))
+    params = dataclasses.replace(PARAMS, seed=seed)
+    manifest = build_manifest(DatasetState(pairs=pairs, subject_links=subject_links), params)
+
+    split_of = {r.subject: r.split for r in manifest.records}
+    identity_of = {r.subject: r.identity for r in manifest.records}
+    for a, b in subject_links:
+        assert split_of[a] == split_of[b]
+        assert identity_of[a] == identity_of[b]
+    people = set(identity_of.values())
+    assert manifest.summary.identity_groups == len(people)
+    sizes = [sum(1 for i in identity_of.values() if i == p) for p in people]
+    assert manifest.summary.merged_subjects == sum(n for n in sizes if n > 1)
+    # With no link, a subject is its own person and keeps the split it had before links.
+    alone = build_manifest(DatasetState(pairs=pairs), params)
+    assert all(r.identity == r.subject for r in alone.records)
+    assert alone.summary.merged_subjects == 0
 
 
 def test_manifest_bytes_change_with_a_label_and_hold_no_paths_or_times() -> None:

@@ -1,11 +1,10 @@
-"""Label heads: they learn what is learnable, report chance on noise, survive a save and
-load, and ``s2a labels train|stats`` run on a real SQLite file and Qdrant local store."""
+"""Label heads: they learn what is learnable, report chance on noise, are scored on
+subjects they never trained on, survive a save and load, and ``s2a labels train|stats``
+run on a real SQLite file and Qdrant local store."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from cli_runner import run_s2a
 from click.testing import CliRunner
 from sqlalchemy import insert
 
@@ -34,7 +34,7 @@ from schemas.settings import Settings
 from schemas.tables import Face, Label
 from schemas.uploads import DeclaredAttributes, Source
 from trainer.errors import NotEnoughLabels
-from trainer.labels.heads import MIN_EXAMPLES, train_heads
+from trainer.labels.heads import FOLDS, MIN_EXAMPLES, _untrusted, subject_folds, train_heads
 
 DIM = 512
 AGES = ("18-29", "30-44", "45-59", "60+")
@@ -66,9 +66,10 @@ def test_heads_learn_separable_classes(
     x, y, heads = ages
     m = heads.metrics["age_band"]
     assert m["classes"] == list(AGES)
-    assert m["train"] + m["held_out"] == 1000
-    assert m["held_out"] == pytest.approx(200, abs=4)
+    # Every row scored once, out of fold; the shipped head learned all of them.
+    assert (m["train"], m["held_out"], m["subjects"], m["folds"]) == (1000, 1000, 1000, FOLDS)
     assert m["accuracy"] >= 0.95
+    assert m["subject_accuracy"] >= 0.95
     assert m["balanced_accuracy"] >= 0.95
     assert m["chance"] < 0.35
     # Faces the heads never saw, from the same clusters.
@@ -76,17 +77,33 @@ def test_heads_learn_separable_classes(
     assert np.mean([g == t for g, t in zip(guesses, y[1000:], strict=True)]) >= 0.95
 
 
-def test_shuffled_labels_score_chance_and_stay_unsure() -> None:
+def test_shuffled_labels_score_chance_and_are_not_shipped() -> None:
     x, y = _clusters(1000, ("female", "male"), spread=1.0, seed=2)
-    shuffled = list(np.random.default_rng(3).permutation(y))
-    heads = train_heads(x, {"gender": shuffled})
-    m = heads.metrics["gender"]
-    # About 200 held-out rows: chance is 0.5 +- 0.035 (one standard error).
-    assert 0.38 <= m["balanced_accuracy"] <= 0.62
+    shuffled = [{"female": "no", "male": "yes"}[v] for v in np.random.default_rng(3).permutation(y)]
+    heads = train_heads(x, {"gender": y, "glasses": shuffled})
+    m = heads.metrics["glasses"]
+    # 1000 held-out rows: chance is 0.5 +- 0.016 (one standard error).
+    assert 0.44 <= m["balanced_accuracy"] <= 0.56
     # Calibrated on held-out rows, the head knows it knows nothing: no guess would pass
-    # the default min_model_confidence (0.85).
-    confidences = [row["gender"][1] for row in heads.predict(x)]
-    assert max(confidences) < 0.7
+    # the default min_model_confidence (0.85), so it is scored but not shipped.
+    assert m["threshold"] == 0.85
+    assert (m["confident_share"], m["confident_accuracy"]) == (0.0, None)
+    assert m["skipped"].startswith("not shipped: out of fold, none of its guesses reached 0.85")
+    assert heads.names == ("gender",)
+    # The learnable head's confident guesses are shown right often enough to ship.
+    g = heads.metrics["gender"]
+    assert g["confident_accuracy"] >= 0.95
+    assert "skipped" not in g
+
+
+def test_a_head_whose_sure_guesses_are_not_shown_right_is_not_shipped() -> None:
+    # Few confident guesses: 10 of 10 right cannot show 85 % (0.85**10 = 0.20 > 0.05).
+    scores = {"held_out": 100, "confident_share": 0.1, "confident_accuracy": 1.0}
+    assert "10 of its 10 guesses" in (_untrusted(scores, 0.85) or "")
+    scores = {"held_out": 100, "confident_share": 0.19, "confident_accuracy": 1.0}
+    assert _untrusted(scores, 0.85) is None  # 0.85**19 = 0.046
+    scores = {"held_out": 1000, "confident_share": 0.5, "confident_accuracy": 0.86}
+    assert "430 of its 500" in (_untrusted(scores, 0.85) or "")
 
 
 def test_class_balance_keeps_a_rare_value_visible() -> None:
@@ -99,6 +116,69 @@ def test_class_balance_keeps_a_rare_value_visible() -> None:
     m = heads.metrics["glasses"]
     assert m["counts"]["yes"] < m["counts"]["no"] / 5
     assert m["balanced_accuracy"] >= 0.9
+
+
+def test_subject_folds_keep_every_subject_on_one_side() -> None:
+    # 60 subjects with 1 to 4 faces each, a value per subject (gender-like) on some and a
+    # value per face (expression-like) on others: one subject's faces never straddle a fold.
+    rng = np.random.default_rng(12)
+    subjects = [f"s{i}" for i in range(60) for _ in range(int(rng.integers(1, 5)))]
+    per_subject = {s: int(rng.integers(0, 3)) for s in set(subjects)}
+    per_face = rng.integers(0, 3, len(subjects))
+    for y in (np.array([per_subject[s] for s in subjects]), per_face):
+        for seed in range(5):
+            fold = subject_folds(y.astype(np.int64), subjects, FOLDS, seed)
+            assert set(fold.tolist()) == set(range(FOLDS))
+            for subject in set(subjects):
+                mine = {int(f) for f, s in zip(fold, subjects, strict=True) if s == subject}
+                assert len(mine) == 1, (subject, mine)
+    # A value's subjects spread over the folds (dealt round-robin, rarest value first).
+    y = np.array([0] * 3 + [1] * 40, dtype=np.int64)
+    fold = subject_folds(y, [f"s{i}" for i in range(43)], FOLDS, seed=0)
+    assert len(set(fold[:3].tolist())) == 3
+
+
+def test_identity_does_not_leak_into_the_held_out_score() -> None:
+    # 40 people, 6 photos each; gender is a coin toss per person, unrelated to the
+    # embedding except through who the person is. Held out by face, a head would recognise
+    # the person and score far above chance; held out by subject, it cannot. (Glasses, a
+    # direction in the embedding, is learnable either way.)
+    rng = np.random.default_rng(13)
+    people = rng.normal(size=(40, DIM))
+    people /= np.linalg.norm(people, axis=1, keepdims=True)
+    who = np.repeat(np.arange(40), 6)
+    glasses = rng.choice([-1.0, 1.0], 240)
+    direction = rng.normal(size=DIM) / np.sqrt(DIM)
+    x = people[who] + 0.3 * rng.normal(size=(240, DIM)) / np.sqrt(DIM)
+    x = x + 0.5 * glasses[:, None] * direction
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    value = rng.permutation(["female"] * 20 + ["male"] * 20)
+    labels = {
+        "gender": [str(value[p]) for p in who],
+        "glasses": ["yes" if g > 0 else "no" for g in glasses],
+    }
+    by_face = train_heads(x, labels)
+    by_subject = train_heads(x, labels, subjects=[f"p{p}" for p in who])
+    assert by_face.metrics["gender"]["accuracy"] >= 0.9  # the leak this guards against
+    assert by_face.names == ("gender", "glasses")
+    m = by_subject.metrics["gender"]
+    assert m["subjects"] == 40
+    assert m["accuracy"] <= 0.7
+    assert m["chance"] == 0.5
+    assert m["skipped"].startswith("not shipped")
+    assert by_subject.names == ("glasses",)
+    with pytest.raises(ValueError, match="one subject per vector"):
+        train_heads(x, labels, subjects=["p"] * 10)
+
+
+def test_a_value_needs_three_subjects_not_three_faces() -> None:
+    x, y = _clusters(60, ("neutral", "smiling"), spread=1.0, seed=14)
+    expression: list[str | None] = list(y)
+    expression[:4] = ["other"] * 4  # four faces, but of two subjects
+    subjects = ["a", "a", "b", "b"] + [f"s{i}" for i in range(56)]
+    m = train_heads(x, {"expression": expression}, subjects=subjects).metrics["expression"]
+    assert m["classes"] == ["neutral", "smiling"]
+    assert m["dropped"] == {"other": 4}
 
 
 def test_training_is_deterministic_per_seed() -> None:
@@ -146,7 +226,9 @@ def test_labels_without_enough_values_are_skipped_with_the_reason() -> None:
     heads = train_heads(
         x, {"gender": y, "glasses": glasses, "hair_colour": hair, "expression": expression}
     )
-    assert heads.names == ("gender", "expression")
+    # Expression is unrelated to the vectors here: scored, not shipped.
+    assert heads.names == ("gender",)
+    assert heads.metrics["expression"]["skipped"].startswith("not shipped")
     assert "1 value(s)" in heads.metrics["glasses"]["skipped"]
     assert heads.metrics["glasses"]["counts"] == {"no": 100}
     assert f"needs {MIN_EXAMPLES}" in heads.metrics["hair_colour"]["skipped"]
@@ -312,6 +394,13 @@ def test_cli_train_saves_heads_the_worker_can_load(home: Path) -> None:
     heads = LabelHeads.load(path)
     assert heads.names == ("gender",)
     assert heads.embedder == EMBEDDER
+    # Each face is its own subject here: 60 subjects, scored out of fold.
+    assert (report["heads"]["gender"]["subjects"], report["heads"]["gender"]["folds"]) == (60, 5)
+    code, output = _invoke(home, "labels", "train")
+    assert code == 0, output
+    assert "60 reviewed faces of 60 subjects" in output
+    assert "scored out of fold, by subject" in output
+    assert "skipped: 1 value(s)" in output  # glasses: always "no"
 
 
 def test_cli_stats_counts_by_name_value_and_source(home: Path) -> None:
@@ -327,18 +416,11 @@ def test_cli_stats_counts_by_name_value_and_source(home: Path) -> None:
     assert {name for name, _, _ in counts} <= {n.value for n in LEARNABLE} | {"pose_band"}
 
 
-def _s2a(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"S2A_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True
-    )
-
-
 def test_cli_train_while_the_store_is_held_says_to_stop_the_worker(home: Path) -> None:
     # The worker holds the Qdrant local store; here the test process does.
     index = FaceIndex.from_settings(Settings(home=home), SPACE)
     try:
-        result = _s2a(home, "labels", "train")
+        result = run_s2a("labels", "train", home=home)
     finally:
         index.close()
     assert result.returncode == 1
