@@ -1,5 +1,6 @@
-"""The Faust app of a worker: its topics and the two agents, ``ingest`` (:mod:`agents.ingest`,
-uploads to faces and dead letters) and ``pairs`` (:mod:`agents.pairs`, faces to pairs).
+"""The Faust app of a worker: its topics and the agents, ``ingest`` (:mod:`agents.ingest`,
+uploads to faces and dead letters), ``pairs`` (:mod:`agents.pairs`, faces to pairs) and
+``erase`` (``erasure-requests`` to :class:`agents.erasure.Eraser`).
 
 Built by :func:`create_app` from the process's settings (no module-level app, so tests and
 the CLI pass their own settings).
@@ -8,15 +9,19 @@ the CLI pass their own settings).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import faust
+from faust.types import EventT
+from pydantic import ValidationError
 
 from agents import ingest, pairs
+from agents.batches import consume, count_by
+from agents.erasure import Eraser
 from agents.pairing.pairer import Pairer
 from agents.pipeline import IngestPipeline
 from agents.resources import WorkerResources, build_pairer
-from schemas import rejections, uploads
+from schemas import erasure, rejections, uploads
 from schemas.pairs import FACES_TOPIC, PAIRS_TOPIC
 from schemas.settings import Settings
 
@@ -76,6 +81,43 @@ def create_app(
     resources = WorkerResources(settings, pipeline_factory, pairer_factory)
     ingest.register(app, uploads_topic, dlq_topic, faces_topic, resources)
     pairs.register(app, faces_topic, pairs_topic, resources)
+    erasure_topic = raw_topic(erasure.TOPIC)
+    erasers: list[Eraser] = []
+
+    @app.agent(erasure_topic, name="erase", concurrency=1)
+    async def erase(stream: faust.StreamT[bytes]) -> None:
+        await consume(stream, "erase", handle_erasures, worker)
+
+    async def handle_erasures(events: Sequence[EventT]) -> dict[str, int]:
+        # The eraser shares the pipeline's Qdrant client (the local store admits one
+        # process) and its thread, so an erasure never interleaves with a batch's writes.
+        pipe = await resources.pipeline()
+        if not erasers:
+            from agents.stores.db import create_engine_for
+
+            engine = create_engine_for(settings.sql_url)
+            erasers.append(
+                Eraser.from_settings(settings, engine, pipe.store.index.client, via="worker")
+            )
+        key = settings.resolve_pseudonym_key()
+        outcomes = []
+        for event in events:
+            try:
+                request = erasure.ErasureRequest.from_bytes(bytes(event.value or b""))
+            except ValidationError as exc:
+                # Field names only: the input may hold the raw subject id.
+                log.error(
+                    "malformed erasure request at %s[%d]@%d skipped: bad %s",
+                    event.message.topic,
+                    event.message.partition,
+                    event.message.offset,
+                    sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()}),
+                )
+                outcomes.append("malformed")
+                continue
+            result = await resources.run(erasers[0].erase_request, request, key)
+            outcomes.append("already" if result.already else result.outcome)
+        return count_by(outcomes)
 
     @app.task
     async def _load_models() -> None:

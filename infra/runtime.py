@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from agents.errors import EXIT_RESTART
 from infra.broker import EmbeddedBroker
@@ -56,20 +57,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class WorkerProcess:
-    """``s2a worker`` as a child process, its log in ``home/run/worker.log``."""
+class ChildProcess:
+    """An ``s2a VERB`` as a child process, its log in ``home/run/<verb>.log``."""
+
+    verb: ClassVar[str]
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.env = env or settings_env(settings)
-        self.log_path: Path = settings.run_dir / "worker.log"
+        self.log_path: Path = settings.run_dir / f"{self.verb}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "worker"],
+            [sys.executable, "-m", "infra.cli", self.verb],
             env=self.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -87,8 +90,27 @@ class WorkerProcess:
             self.proc.wait()
 
 
+class WorkerProcess(ChildProcess):
+    """``s2a worker``: the stream's ingestion and pairing agents."""
+
+    verb = "worker"
+
+
+class SchedulerProcess(ChildProcess):
+    """``s2a scheduler``: retrains when new data or an erasure calls for it."""
+
+    verb = "scheduler"
+
+
+class ServerProcess(ChildProcess):
+    """``s2a serve``: the gRPC Convert server, following ``model-updates``."""
+
+    verb = "serve"
+
+
 class Stack:
-    """The embedded default: broker (unless a cluster is configured) and one worker.
+    """The embedded default: broker (unless a cluster is configured), one worker and, for
+    ``s2a up`` (``services``), the retrain scheduler and the Convert server.
 
     Example::
 
@@ -96,7 +118,7 @@ class Stack:
             ...  # publish; the worker ingests
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, services: bool = False) -> None:
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
         if settings.embedded_broker:
@@ -104,6 +126,9 @@ class Stack:
                 settings.broker_host, settings.broker_port, settings.run_dir / "broker.log"
             )
         self.worker = WorkerProcess(settings)
+        self.services: list[ChildProcess] = (
+            [SchedulerProcess(settings), ServerProcess(settings)] if services else []
+        )
 
     def __enter__(self) -> Stack:
         from schemas.migrate import upgrade
@@ -116,6 +141,8 @@ class Stack:
         try:
             ensure_topics(self.settings)
             self.worker.start()
+            for service in self.services:
+                service.start()
         except BaseException:
             self.close()
             raise
@@ -143,6 +170,8 @@ class Stack:
             raise BrokerError(f"the worker stopped; see {self.worker.log_path}\n{tail}")
 
     def close(self) -> None:
+        for service in self.services:
+            service.stop()
         self.worker.stop()
         if self.broker is not None:
             self.broker.stop()

@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.erasure import ErasureRequest
 from schemas.manifest import DatasetManifest
+from schemas.model_updates import ModelUpdate
 from schemas.pairs import FaceAccepted, PairRecord
 from schemas.rejections import Rejection
 from schemas.uploads import UploadEvent
@@ -26,6 +28,8 @@ RECORDS: dict[str, type[BaseModel]] = {
     "face_accepted": FaceAccepted,
     "pair": PairRecord,
     "dataset_manifest": DatasetManifest,
+    "model_update": ModelUpdate,
+    "erasure_request": ErasureRequest,
 }
 
 

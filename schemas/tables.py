@@ -18,6 +18,7 @@ from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from schemas.model_updates import VersionStatus
 from schemas.pairs import PairStatus
 from schemas.reasons import RefStatus, UploadState
 
@@ -298,3 +299,134 @@ class Snapshot(SQLModel, table=True):
     params: dict[str, Any] = _json_column()
     created_at: datetime = _utc_column()
 
+
+class ModelVersion(SQLModel, table=True):
+    """One trained version of a model (``s2a models list``): what it was trained from, with
+    what, where its files are and how it measured. ``version`` counts up per ``name``;
+    the files live in the numbered directory ``path`` (``S2A_HOME/models/<name>/<version>``).
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    version: int
+    parent_version: int | None = Field(
+        default=None, description="the champion it was warm-started from (same name)"
+    )
+    snapshot_id: str = Field(max_length=64, index=True, description="the snapshot trained on")
+    family: str = Field(max_length=64)
+    status: VersionStatus = _enum_column(VersionStatus)
+    reason: str | None = Field(default=None, max_length=2048, description="why this status")
+    trigger: str | None = Field(
+        default=None,
+        max_length=64,
+        description="what started it: schedule | data | erasure | manual",
+    )
+    config: dict[str, Any] = _json_column()
+    metrics: dict[str, Any] = _json_column()
+    artifacts: dict[str, str] = _json_column()
+    path: str = Field(max_length=1024, description="the version directory")
+    run_dir: str = Field(max_length=1024, description="the training run directory")
+    log_path: str = Field(max_length=1024, description="the run's log file")
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column()
+
+
+class ModelAlias(SQLModel, table=True):
+    """Where an alias (``candidate``, ``champion``) of a model points now."""
+
+    __tablename__ = "model_aliases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    alias: str = Field(primary_key=True, max_length=32)
+    version: int
+    moved_at: datetime = _utc_column()
+    moved_by: str = Field(max_length=128)
+
+
+class AliasMove(SQLModel, table=True):
+    """Every move of an alias, written in the move's transaction (append-only audit)."""
+
+    __tablename__ = "model_alias_moves"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    alias: str = Field(max_length=32)
+    action: str = Field(max_length=16, description="register | promote | rollback")
+    from_version: int | None = None
+    to_version: int
+    actor: str = Field(max_length=128)
+    reason: str = Field(max_length=2048)
+    moved_at: datetime = _utc_column()
+
+
+class VersionSubject(SQLModel, table=True):
+    """A subject (pseudonym) whose pairs a model version was trained on (its snapshot's
+    records, train and validation): an erasure finds the versions to retrain from here."""
+
+    __tablename__ = "version_subjects"
+
+    version_id: int = Field(primary_key=True, foreign_key="model_versions.id")
+    subject: str = Field(primary_key=True, max_length=64, index=True)
+
+
+class Lease(SQLModel, table=True):
+    """A named cross-process lock with an expiry (``trainer.leases``): the scheduler holds
+    ``retrain`` while a cycle runs, on any machine that shares the database."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = _utc_column()
+
+
+class SnapshotSubject(SQLModel, table=True):
+    """A subject (pseudonym) a snapshot's manifest names: the subject of a record, or the
+    identity group a record was split by (a group is named by a member's pseudonym, who may
+    have no record of their own). Written with the snapshot's row, in its transaction, so an
+    erasure finds every snapshot that holds a subject without reading manifests."""
+
+    __tablename__ = "snapshot_subjects"
+
+    snapshot_id: str = Field(primary_key=True, foreign_key="snapshots.snapshot_id", max_length=64)
+    subject: str = Field(primary_key=True, max_length=64, index=True)
+
+
+class VersionErasure(SQLModel, table=True):
+    """A model version trained on subjects erased since: how many, and when the last one
+    was. The subjects themselves are gone from ``version_subjects``; a row here is what the
+    retrain trigger looks for (a champion with a row is retrained, ``trigger='erasure'``)."""
+
+    __tablename__ = "version_erasures"
+
+    version_id: int = Field(primary_key=True, foreign_key="model_versions.id")
+    erased_subjects: int = Field(description="subjects of its training data erased since")
+    last_erased_at: datetime = _utc_column()
+
+
+class ErasureAudit(SQLModel, table=True):
+    """One erasure request and what it removed (append-only; ``s2a erase`` reads it back).
+
+    No subject reference of any kind: not the raw id, not the pseudonym, not a hash of
+    either (a hash of a pseudonym is one more pseudonym). ``request_id`` is the link a
+    requester keeps on their side. Erasing a subject again, or one never seen, writes a row
+    with ``outcome='nothing_found'`` and zero counts.
+    """
+
+    __tablename__ = "erasure_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(unique=True, max_length=128)
+    requested_by: str = Field(max_length=128)
+    requested_at: datetime = _utc_column()
+    erased_at: datetime = _utc_column()
+    via: str = Field(max_length=16, description="worker | direct: who ran it")
+    outcome: str = Field(max_length=16, description="erased | nothing_found")
+    counts: dict[str, int] = _json_column()
+    snapshots: list[str] = _json_column()
+    """ids of the snapshots deleted because they held the subject"""
+    model_versions: list[str] = _json_column()
+    """``name:version`` of the versions trained on the subject, marked for retraining"""

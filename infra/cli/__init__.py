@@ -14,12 +14,16 @@ from pydantic import ValidationError
 
 from agents.errors import PipelineError
 from infra.cli.dataset import dataset
+from infra.cli.erase import erase
 from infra.cli.faces import faces
 from infra.cli.labels import labels
+from infra.cli.models import models
 from infra.cli.pairs import pairs
 from infra.cli.refs import refs
 from infra.cli.review import review
 from infra.cli.run import broker, demo, up, worker
+from infra.cli.scheduler import scheduler
+from infra.cli.serve import convert, serve
 from infra.cli.train import train
 from infra.cli.uploads import publish, status, uploads
 from infra.errors import InfraError
@@ -70,6 +74,11 @@ for _verb in (
     review,
     dataset,
     train,
+    models,
+    scheduler,
+    erase,
+    serve,
+    convert,
 ):
     cli.add_command(_verb)
 

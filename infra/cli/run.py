@@ -50,12 +50,13 @@ def worker(ctx: click.Context) -> None:
 @click.command()
 @click.pass_context
 def up(ctx: click.Context) -> None:
-    """Start the embedded broker (unless S2A_KAFKA_BOOTSTRAP is set) and a worker."""
+    """Start the embedded broker (unless S2A_KAFKA_BOOTSTRAP is set), a worker, the retrain
+    scheduler and the Convert server (logs in S2A_HOME/run/)."""
     from infra.runtime import Stack
 
     settings = settings_of(ctx)
     _stop_on_sigterm()
-    with Stack(settings) as stack:
+    with Stack(settings, services=True) as stack:
         click.echo(f"up: broker {settings.bootstrap_servers}, data in {settings.home}", err=True)
         try:
             stack.supervise()

@@ -33,6 +33,14 @@ TABLES = {
     "pairs",
     "review_decisions",
     "snapshots",
+    "model_versions",
+    "model_aliases",
+    "model_alias_moves",
+    "version_subjects",
+    "leases",
+    "snapshot_subjects",
+    "version_erasures",
+    "erasure_audit",
 }
 
 
@@ -68,7 +76,7 @@ def test_upgrade_from_empty_reaches_head(sql_url: str) -> None:
 
     upgrade(sql_url)
 
-    assert current(sql_url) == head() == "0004"
+    assert current(sql_url) == head() == "0006"
     assert _tables(sql_url) == TABLES | {"alembic_version"}
 
 

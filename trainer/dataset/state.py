@@ -40,6 +40,7 @@ from schemas.tables import (
     Pair,
     RefLabel,
     Snapshot,
+    SnapshotSubject,
     Upload,
 )
 from trainer.dataset.policy import TRAIN, VALIDATION, SnapshotParams
@@ -53,6 +54,7 @@ _LABELS: Table = SQLModel.metadata.tables[Label.__tablename__]
 _REFS: Table = SQLModel.metadata.tables[AnimeRef.__tablename__]
 _REF_LABELS: Table = SQLModel.metadata.tables[RefLabel.__tablename__]
 _SNAPSHOTS: Table = SQLModel.metadata.tables[Snapshot.__tablename__]
+_SNAPSHOT_SUBJECTS: Table = SQLModel.metadata.tables[SnapshotSubject.__tablename__]
 
 #: Attempts at recording a new snapshot row when another process took the same version.
 _INSERT_ATTEMPTS = 3
@@ -276,8 +278,16 @@ def _subject_links_query() -> Select[str, str]:
 def record_snapshot(
     engine: Engine, snapshot_id: str, sha256: str, path: Path, manifest: DatasetManifest
 ) -> tuple[int, bool]:
-    """Insert the snapshot's row with the next version; ``(version, False)`` if present."""
+    """Insert the snapshot's row with the next version; ``(version, False)`` if present.
+
+    The subjects the manifest names (:func:`manifest_subjects`) go into
+    ``snapshot_subjects`` in the same transaction, so an erasure finds the snapshot.
+    """
     summary = manifest.summary
+    subjects = [
+        {"snapshot_id": snapshot_id, "subject": subject}
+        for subject in sorted(manifest_subjects(manifest))
+    ]
     by_id = select(_SNAPSHOTS.c.version).where(_SNAPSHOTS.c.snapshot_id == snapshot_id)
     for attempt in range(_INSERT_ATTEMPTS):
         try:
@@ -302,6 +312,8 @@ def record_snapshot(
                         "created_at": datetime.now(UTC),
                     },
                 )
+                if subjects:
+                    connection.execute(_SNAPSHOT_SUBJECTS.insert(), subjects)
                 return version, True
         except IntegrityError:
             # Another process recorded a snapshot between our read and our insert (same
@@ -312,6 +324,15 @@ def record_snapshot(
                     "the next version; run it again"
                 ) from None
     raise DatasetError(f"could not record snapshot {snapshot_id}")  # pragma: no cover
+
+
+def manifest_subjects(manifest: DatasetManifest) -> set[str]:
+    """Every pseudonym ``manifest`` holds: each record's subject and identity group (a group
+    is named by its smallest member, who may have no record here), and the groups the
+    split fallback moved."""
+    found = {r.subject for r in manifest.records}
+    found |= {r.identity for r in manifest.records if r.identity is not None}
+    return found | set(manifest.summary.split_fallback)
 
 
 def list_snapshots(engine: Engine) -> list[Snapshot]:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import sys
 import time
@@ -54,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from agents.stores.blobs import BlobStore
+from schemas.digests import sha256_file
 from schemas.manifest import ManifestRecord
 from schemas.settings import TrainSettings
 from trainer.dataset.snapshot import Manifest, read_manifest
@@ -686,10 +686,6 @@ def _replay_sample(
     return [pool[i] for i in sorted(chosen)]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _load_base(folder: Path) -> tuple[Generator, GeneratorConfig, dict[str, Any]]:
     """The base generator of a base run directory, and its lineage entry."""
     from safetensors.torch import load_file
@@ -709,7 +705,7 @@ def _load_base(folder: Path) -> tuple[Generator, GeneratorConfig, dict[str, Any]
         raise TrainingConfigError(
             f"--base {folder}: {weights.name} does not fit {config}: {exc}"
         ) from exc
-    return generator, config, {"path": str(folder), "sha256": _sha256(weights)}
+    return generator, config, {"path": str(folder), "sha256": sha256_file(weights)}
 
 
 def _add_lora(
@@ -738,7 +734,7 @@ def _add_lora(
                     f"keeps the parent's settings: drop {flag}"
                 )
         args.lora_rank, args.lora_alpha = config.r, config.lora_alpha
-        lineage = {"path": str(folder), "sha256": _sha256(folder / ADAPTER_WEIGHTS)}
+        lineage = {"path": str(folder), "sha256": sha256_file(folder / ADAPTER_WEIGHTS)}
     else:
         rank = args.lora_rank if args.lora_rank is not None else TrainSettings().lora_rank
         alpha = args.lora_alpha if args.lora_alpha is not None else TrainSettings().lora_alpha

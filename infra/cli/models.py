@@ -1,0 +1,249 @@
+"""``s2a models ...``: the model registry by hand: list, inspect, promote, roll back, retrain.
+
+    s2a models list [--name NAME] [--json]
+    s2a models show VERSION [--name NAME] [--json]
+    s2a models promote VERSION --reason WHY [--by WHO] [--name NAME] [--json]
+    s2a models rollback --reason WHY [--by WHO] [--name NAME] [--json]
+    s2a models retrain [--trigger manual] [--json]
+
+``NAME`` defaults to ``S2A_TRAIN__MODEL_NAME`` (``converter``); ``--by`` to ``$USER``.
+``promote`` moves ``champion`` by hand (the gate is not asked; the move is audited with
+who and why); ``rollback`` moves it back to the champion before the current one.
+``retrain`` runs one retrain cycle in this process (``trainer.cycle.run_cycle``), as the
+scheduler does, under the same ``retrain`` lease (refused while a cycle runs): snapshot,
+train, register, evaluate, promote or refuse. A promotion or a
+rollback prints the ``model-updates`` record with ``--json`` (publishing it to the topic is
+the scheduler's job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import click
+
+from infra.cli.kit import settings_of
+from infra.output import emit_json, emit_table
+from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from trainer.registry import Registry
+
+
+@contextmanager
+def _registry(settings: Settings) -> Iterator[Registry]:
+    from agents.stores.db import create_engine_for
+    from schemas.migrate import upgrade
+    from trainer.registry import Registry
+
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    try:
+        yield Registry(engine, settings.models_dir)
+    finally:
+        engine.dispose()
+
+
+_NAME = click.option("--name", default=None, help="model name (default: S2A_TRAIN__MODEL_NAME)")
+_JSON = click.option("--json", "as_json", is_flag=True, help="JSON on stdout")
+_BY = click.option(
+    "--by", envvar="USER", required=True, help="who moves the alias (default: $USER)"
+)
+_REASON = click.option("--reason", required=True, help="why, kept in the audit trail")
+
+
+@click.group()
+def models() -> None:
+    """Registered converter versions and their candidate / champion aliases."""
+
+
+@models.command("list")
+@_NAME
+@_JSON
+@click.pass_context
+def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Every version of the model, oldest first, with its aliases."""
+    from trainer.registry import version_dict
+
+    settings = settings_of(ctx)
+    model = name or settings.train.model_name
+    with _registry(settings) as registry:
+        rows = registry.versions(model)
+        aliases = registry.aliases(model)
+    held: dict[int, list[str]] = {}
+    for alias, version in sorted(aliases.items()):
+        held.setdefault(version, []).append(alias)
+    if as_json:
+        emit_json(
+            {
+                "name": model,
+                "aliases": aliases,
+                "versions": [version_dict(r) | {"aliases": held.get(r.version, [])} for r in rows],
+            }
+        )
+        return
+    emit_table(
+        [
+            (
+                r.version,
+                ",".join(held.get(r.version, [])),
+                r.status.value,
+                r.family,
+                r.snapshot_id,
+                r.parent_version,
+                r.trigger,
+                r.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
+            for r in rows
+        ],
+        ["version", "aliases", "status", "family", "snapshot", "parent", "trigger", "created"],
+    )
+
+
+@models.command()
+@click.argument("version", type=click.IntRange(min=1))
+@_NAME
+@_JSON
+@click.pass_context
+def show(ctx: click.Context, version: int, name: str | None, as_json: bool) -> None:
+    """One version: lineage, metrics and gate verdict, files, run plots, alias history."""
+    from trainer.cycle import run_files
+    from trainer.registry import version_dict
+
+    settings = settings_of(ctx)
+    model = name or settings.train.model_name
+    with _registry(settings) as registry:
+        row = registry.get(model, version)
+        aliases = sorted(a for a, v in registry.aliases(model).items() if v == version)
+        subjects = len(registry.subjects(model, version))
+        moves = [
+            m.as_dict()
+            for m in registry.history(model)
+            if version in (m.from_version, m.to_version)
+        ]
+    info: dict[str, Any] = version_dict(row) | {
+        "aliases": aliases,
+        "subjects": subjects,
+        "files": run_files(Path(row.run_dir)),
+        "alias_moves": moves,
+    }
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"{model} v{version} [{', '.join(aliases) or 'no alias'}] {row.status.value}")
+    click.echo(f"  family {row.family}, snapshot {row.snapshot_id}, parent {row.parent_version}")
+    click.echo(f"  trained on {subjects} subjects; trigger {row.trigger}")
+    if row.reason:
+        click.echo(f"  reason: {row.reason}")
+    for side in ("candidate", "champion"):
+        values = (row.metrics or {}).get(side)
+        if values:
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, int | float)
+            )
+            click.echo(f"  {side}: {shown}")
+    click.echo(f"  version dir {row.path}")
+    click.echo(f"  run dir {row.run_dir}; log {row.log_path}")
+    for label, path in info["files"].items():
+        click.echo(f"  {label.replace('_', ' ')}: {path or 'none'}")
+    for move in moves:
+        click.echo(
+            f"  {move['moved_at']} {move['alias']} {move['from_version']} -> "
+            f"{move['to_version']} by {move['actor']} ({move['action']}): {move['reason']}"
+        )
+
+
+def _moved(
+    registry: Registry,
+    model: str,
+    move: Any,
+    action: Literal["promote", "rollback"],
+    as_json: bool,
+    actor: str,
+) -> None:
+    from trainer.cycle import model_update
+
+    row = registry.get(model, move.to_version)
+    update = model_update(row, move.from_version, action, move.reason, actor, move.moved_at)
+    if as_json:
+        emit_json({"move": move.as_dict(), "update": update.model_dump(mode="json")})
+        return
+    click.echo(
+        f"{model}@champion: v{move.from_version} -> v{move.to_version} by {actor} ({action})"
+    )
+
+
+@models.command()
+@click.argument("version", type=click.IntRange(min=1))
+@_REASON
+@_BY
+@_NAME
+@_JSON
+@click.pass_context
+def promote(
+    ctx: click.Context, version: int, reason: str, by: str, name: str | None, as_json: bool
+) -> None:
+    """Make VERSION the champion by hand (audited with --by and --reason)."""
+    settings = settings_of(ctx)
+    model = name or settings.train.model_name
+    with _registry(settings) as registry:
+        move = registry.promote(model, version, actor=by, reason=reason)
+        _moved(registry, model, move, "promote", as_json, by)
+
+
+@models.command()
+@_REASON
+@_BY
+@_NAME
+@_JSON
+@click.pass_context
+def rollback(ctx: click.Context, reason: str, by: str, name: str | None, as_json: bool) -> None:
+    """Move the champion back to the version that held it before."""
+    settings = settings_of(ctx)
+    model = name or settings.train.model_name
+    with _registry(settings) as registry:
+        move = registry.rollback(model, actor=by, reason=reason)
+        _moved(registry, model, move, "rollback", as_json, by)
+
+
+@models.command()
+@click.option("--trigger", default="manual", help="recorded on the version")
+@click.option("--by", envvar="USER", default="manual", help="who (default: $USER)")
+@_JSON
+@click.pass_context
+def retrain(ctx: click.Context, trigger: str, by: str, as_json: bool) -> None:
+    """Run one retrain cycle now: snapshot, train, evaluate, promote or refuse."""
+    import os
+    import socket
+
+    from agents.stores.db import create_engine_for
+    from schemas.migrate import upgrade
+    from trainer.cycle import run_cycle
+    from trainer.leases import RETRAIN_LEASE, acquire, holder_of, release
+
+    settings = settings_of(ctx)
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        # The scheduler's lease: never two cycles at once. Held for up to a day without
+        # renewal (one CPU cycle takes minutes to hours); released when the cycle ends.
+        if not acquire(engine, RETRAIN_LEASE, holder, ttl_s=24 * 3600):
+            held = holder_of(engine, RETRAIN_LEASE)
+            who = f"{held[0]} until {held[1]:%Y-%m-%d %H:%M} UTC" if held else "another process"
+            raise click.ClickException(f"a retrain is running ({who}); try again after it")
+        try:
+            result = run_cycle(settings, trigger, engine=engine, actor=by)
+        finally:
+            release(engine, RETRAIN_LEASE, holder)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        click.echo(f"{result.status} {result.name} v{result.version}: {result.reason}")
+    if result.status == "failed":
+        ctx.exit(1)

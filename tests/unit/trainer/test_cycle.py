@@ -1,0 +1,293 @@
+"""Retrain cycles, by tiny real runs on fixture snapshots (32 px, 2 steps, SQLite in a
+temporary home): a first base version promoted on absolute limits, a warm-started LoRA
+version gated against it, a deliberately worse candidate refused, and ``s2a models``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from snapshot_fixture import FixtureSnapshot, make_snapshot
+from sqlalchemy import Engine
+
+from agents.stages.embed import DlibResnetEmbedder
+from agents.stores.db import create_engine_for
+from infra.cli import cli
+from schemas.migrate import upgrade
+from schemas.model_updates import ModelUpdate, VersionStatus
+from schemas.settings import Settings, TrainSettings
+from trainer.cycle import CycleResult, gate_version, merge_adapter, run_cycle
+from trainer.dataset.snapshot import read_manifest
+from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
+
+#: The tiny generator of test_pix2pix_train.py (~40k parameters at 32 px).
+TINY = [
+    "--width", "8", "--levels", "2", "--res-blocks", "1", "--d-width", "8",
+    "--samples", "2", "--threads", "1",
+]  # fmt: skip
+
+
+@dataclass
+class Cycles:
+    settings: Settings
+    engine: Engine
+    registry: Registry
+    embedder: DlibResnetEmbedder
+    first_snapshot: FixtureSnapshot
+    second_snapshot: FixtureSnapshot
+    first: CycleResult
+    second: CycleResult
+
+
+@pytest.fixture(scope="module")
+def cycles(tmp_path_factory: pytest.TempPathFactory) -> Cycles:
+    home = tmp_path_factory.mktemp("cycle-home")
+    first_snapshot = make_snapshot(home, n_train=4, n_validation=2)
+    second_snapshot = make_snapshot(home, n_train=4, n_validation=2, offset=3)
+    settings = Settings(
+        home=home,
+        train=TrainSettings(steps=2, batch_size=2, resolution=32, checkpoint_every=100),
+    )
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    embedder = DlibResnetEmbedder(batch_size=8)
+
+    def cycle(snapshot: FixtureSnapshot, trigger: str) -> CycleResult:
+        return run_cycle(
+            settings,
+            trigger,
+            engine=engine,
+            freeze=lambda _engine, _settings: snapshot.snapshot_id,
+            embedder=embedder,
+            train_args=TINY,
+        )
+
+    first = cycle(first_snapshot, "manual")
+    second = cycle(second_snapshot, "data")
+    yield Cycles(
+        settings,
+        engine,
+        Registry(engine, settings.models_dir),
+        embedder,
+        first_snapshot,
+        second_snapshot,
+        first,
+        second,
+    )
+    engine.dispose()
+
+
+def test_first_cycle_trains_a_base_and_promotes_it(cycles: Cycles) -> None:
+    first = cycles.first
+    assert first.status == "promoted", first.reason
+    assert (first.version, first.parent_version, first.champion) == (1, None, 1)
+    row = cycles.registry.get("converter", 1)
+    assert row.status == VersionStatus.PROMOTED
+    assert row.config["mode"] == "base"
+    # trainer.export is present: the version holds the serving files and export.json.
+    assert row.config["export"]["status"] == "done"
+    assert {"model.onnx", "export.json"} <= set(row.artifacts)
+    version_dir = Path(row.path)
+    assert version_dir == cycles.settings.models_dir / "converter" / "1"
+    assert {"generator.safetensors", "generator.json", "config.json"} <= set(row.artifacts)
+    assert row.artifacts == hash_tree(version_dir)
+    assert Path(row.log_path).is_file()
+    assert "base run on" in Path(row.log_path).read_text()
+    # Every metric is stored with the verdict; the first one is judged on absolute limits.
+    metrics = row.metrics
+    assert metrics["champion"] is None
+    assert set(metrics["candidate"]) >= {"l1", "ssim", "psnr", "identity", "style_z"}
+    assert all(metrics["candidate"][k] is not None for k in ("l1", "identity", "style_z"))
+    assert metrics["gate"]["promote"] is True
+    assert metrics["gate"]["reason"].startswith("passed against the first-version limits")
+    # The update to publish.
+    assert isinstance(first.update, ModelUpdate)
+    update = ModelUpdate.from_bytes(first.update.to_bytes())
+    assert (update.version, update.previous_version, update.action) == (1, None, "promote")
+    assert update.artifacts == row.artifacts
+
+
+def test_version_subjects_are_the_manifest_subjects(cycles: Cycles) -> None:
+    settings = cycles.settings
+    first = read_manifest(settings.dataset_dir, cycles.first_snapshot.snapshot_id)
+    second = read_manifest(settings.dataset_dir, cycles.second_snapshot.snapshot_id)
+    assert cycles.registry.subjects("converter", 1) == sorted({r.subject for r in first.records})
+    # The second replays the first snapshot: its subjects count as trained on too.
+    both = {r.subject for r in first.records} | {r.subject for r in second.records}
+    assert cycles.registry.subjects("converter", 2) == sorted(both)
+    only_first = sorted({r.subject for r in first.records} - {r.subject for r in second.records})
+    assert cycles.registry.versions_with_subject(only_first[0]) == [
+        ("converter", 1),
+        ("converter", 2),
+    ]
+
+
+def test_second_cycle_warm_starts_a_lora_and_is_gated_against_the_champion(
+    cycles: Cycles,
+) -> None:
+    second = cycles.second
+    assert second.status in ("promoted", "refused"), second.reason
+    row = cycles.registry.get("converter", 2)
+    assert (row.parent_version, row.config["mode"]) == (1, "lora")
+    assert row.config["replay_snapshot"] == cycles.first_snapshot.snapshot_id
+    assert "--replay-manifest" in row.config["argv"]
+    assert row.config["base_dir"] == str(cycles.settings.models_dir / "converter" / "1")
+    assert {"adapter/adapter_model.safetensors", "generator.safetensors"} <= set(row.artifacts)
+    assert row.metrics["champion_version"] == 1
+    assert row.metrics["champion"] is not None  # the champion measured on the same split
+    assert row.metrics["split"]["snapshot_id"] == cycles.second_snapshot.snapshot_id
+    assert cycles.registry.aliases("converter")[CANDIDATE] == 2
+    expected = 2 if second.status == "promoted" else 1
+    assert cycles.registry.aliases("converter")[CHAMPION] == expected
+
+
+def test_gate_refuses_a_worse_candidate_and_keeps_the_champion(
+    cycles: Cycles, tmp_path: Path
+) -> None:
+    registry, settings = cycles.registry, cycles.settings
+    champion = registry.aliases("converter")[CHAMPION]
+    good = registry.get("converter", 2)
+    bad = registry.register(
+        "converter",
+        family=good.family,
+        snapshot_id=good.snapshot_id,
+        parent_version=champion,
+        config=good.config,
+        subjects=registry.subjects("converter", 2),
+        trigger="test",
+    )
+    # The good adapter with large random weights: outputs far from anything trained.
+    folder = Path(bad.path)
+    shutil.copytree(Path(good.path) / "adapter", folder / "adapter")
+    weights = load_file(folder / "adapter" / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    noisy = {k: torch.randn(v.shape, generator=generator) * 3.0 for k, v in weights.items()}
+    save_file(noisy, folder / "adapter" / "adapter_model.safetensors")
+    base_dir = Path(good.config["base_dir"])
+    merged = merge_adapter(base_dir, folder / "adapter")
+    save_file(
+        {k: v.contiguous() for k, v in merged.state_dict().items()},
+        folder / "generator.safetensors",
+    )
+    shutil.copy2(base_dir / "generator.json", folder / "generator.json")
+
+    verdict, metrics = gate_version(
+        registry, settings, "converter", bad.version, embedder=cycles.embedder
+    )
+
+    assert not verdict.promote
+    assert verdict.reason.startswith("refused against the champion")
+    assert registry.aliases("converter")[CHAMPION] == champion
+    row = registry.get("converter", bad.version)
+    assert row.status == VersionStatus.REFUSED
+    assert row.reason == verdict.reason
+    assert row.metrics == json.loads(json.dumps(metrics))
+    assert row.metrics["candidate"]["l1"] > row.metrics["champion"]["l1"]
+    assert any(c["passed"] is False for c in row.metrics["gate"]["checks"])
+
+
+def test_models_cli_lists_shows_promotes_and_rolls_back(cycles: Cycles) -> None:
+    env = {"S2A_HOME": str(cycles.settings.home)}
+    runner = CliRunner()
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(cli, ["models", *args, "--json"], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    listed = run("list")
+    assert [v["version"] for v in listed["versions"]][:2] == [1, 2]
+    assert listed["versions"][0]["status"] in ("promoted",)
+    shown = run("show", "1")
+    assert shown["files"]["loss_curve"].endswith("losses.png")
+    assert Path(shown["files"]["loss_curve"]).is_file()
+    assert Path(shown["files"]["sample_grid"]).is_file()
+    assert shown["subjects"] == 6
+    assert shown["alias_moves"][0]["to_version"] == 1
+
+    before = cycles.registry.aliases("converter")[CHAMPION]
+    target = 2 if before == 1 else 1
+    promoted = run("promote", str(target), "--reason", "by hand", "--by", "ana")
+    assert (promoted["move"]["from_version"], promoted["move"]["to_version"]) == (before, target)
+    assert promoted["move"]["actor"] == "ana"
+    assert promoted["update"]["action"] == "promote"
+    rolled = run("rollback", "--reason", "undo", "--by", "bo")
+    assert (rolled["move"]["from_version"], rolled["move"]["to_version"]) == (target, before)
+    assert rolled["update"]["action"] == "rollback"
+    assert cycles.registry.aliases("converter")[CHAMPION] == before
+    last = cycles.registry.history("converter", CHAMPION)[-1]
+    assert (last.actor, last.reason, last.action) == ("bo", "undo", "rollback")
+
+
+def test_models_retrain_without_approved_pairs_fails_and_says_why(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["models", "retrain", "--json"], env={"S2A_HOME": str(tmp_path)}
+    )
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert (summary["status"], summary["version"], summary["champion"]) == ("failed", None, None)
+    assert summary["reason"].startswith("snapshot: no approved pairs")
+
+
+def test_models_show_text_names_the_run_files(cycles: Cycles) -> None:
+    result = CliRunner().invoke(
+        cli, ["models", "show", "1"], env={"S2A_HOME": str(cycles.settings.home)}
+    )
+    assert result.exit_code == 0, result.output
+    assert "loss curve: " in result.stdout
+    assert "losses.png" in result.stdout
+    assert "sample grid: " in result.stdout
+    listed = CliRunner().invoke(
+        cli, ["models", "list"], env={"S2A_HOME": str(cycles.settings.home)}
+    )
+    assert listed.stdout.splitlines()[0].split()[:3] == ["VERSION", "ALIASES", "STATUS"]
+
+
+def test_models_retrain_waits_for_nobody_while_a_cycle_holds_the_lease(tmp_path: Path) -> None:
+    from trainer.leases import RETRAIN_LEASE, acquire
+
+    settings = Settings(home=tmp_path)
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    try:
+        assert acquire(engine, RETRAIN_LEASE, "scheduler@other-host", ttl_s=60)
+    finally:
+        engine.dispose()
+
+    result = CliRunner().invoke(cli, ["models", "retrain"], env={"S2A_HOME": str(tmp_path)})
+
+    assert result.exit_code == 1
+    assert "a retrain is running (scheduler@other-host until" in result.output
+
+
+def test_a_failed_training_is_recorded_and_leaves_the_champion(tmp_path: Path) -> None:
+    snapshot = make_snapshot(tmp_path, n_train=2, n_validation=1)
+    settings = Settings(home=tmp_path, train=TrainSettings(steps=2, resolution=32))
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    registry = Registry(engine, settings.models_dir)
+    try:
+        result = run_cycle(
+            settings,
+            "schedule",
+            engine=engine,
+            freeze=lambda _engine, _settings: snapshot.snapshot_id,
+            embedder=None,
+            train_args=["--steps", "0"],  # refused by the family's parse_args
+        )
+
+        assert (result.status, result.version, result.champion) == ("failed", 1, None)
+        assert result.update is None
+        row = registry.get("converter", 1)
+        assert row.status == VersionStatus.FAILED
+        assert row.reason == "TrainingConfigError: --steps must be at least 1, got 0"
+        assert registry.aliases("converter") == {}
+        assert "converter v1 failed" in Path(row.log_path).read_text()
+    finally:
+        engine.dispose()

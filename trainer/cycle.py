@@ -1,0 +1,537 @@
+"""One retrain cycle: snapshot, train, register, evaluate, promote or refuse.
+
+:func:`run_cycle` is what the scheduler's job (and ``s2a models retrain``) calls, inside
+its lease::
+
+    1. freeze a snapshot of the approved pairs          trainer.dataset.create_snapshot
+    2. register version N of settings.train.model_name  status training; its subjects
+    3. train, in this process, main(parse_args([...])):
+         no champion yet  a base run (``s2a train base`` semantics)
+         a champion       a lora run on the champion's base, warm-started from the
+                          champion's adapter, replaying the champion's snapshot
+                          (not after an erasure: the old snapshot may hold the erased)
+    4. assemble models/<name>/<N>/: adapter/, the merged generator, config.json, and
+       the export step's files (``trainer.export.export_version``: model.onnx, INT8,
+       TensorRT where present, export.json; "not available" when it cannot be imported)
+    5. move ``candidate`` to N; evaluate N and the champion on the new snapshot's
+       validation split; the gate decides
+    6. passed: ``champion`` -> N (compare-and-set against the champion evaluated), status
+       promoted, and a :class:`~schemas.model_updates.ModelUpdate` to publish;
+       refused: status refused, the champion stays
+    any failure from 2 on: status failed with the reason; the champion stays
+
+Every metric is stored on the version either way (``metrics``: candidate, champion, gate
+checks and verdict). The run's log (this module's and the family's log lines) goes to
+``<run directory>.log`` beside the run directory.
+
+Example::
+
+    result = run_cycle(settings, trigger="schedule")
+    result.status                 # 'promoted' | 'refused' | 'failed'
+    if result.update is not None:
+        producer.send(settings.topic(MODEL_UPDATES_TOPIC), result.update.to_bytes())
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+
+from agents.stages.embed import Embedder, build_embedder
+from agents.stores.blobs import BlobStore
+from agents.stores.db import create_engine_for
+from schemas.model_updates import ModelUpdate, VersionStatus
+from schemas.settings import Settings
+from schemas.tables import ModelVersion
+from trainer.dataset.snapshot import Manifest, create_snapshot, manifest_path, read_manifest
+from trainer.errors import EvaluationError, RegistryError, TrainerError, TrainingConfigError
+from trainer.evaluate import (
+    GateVerdict,
+    evaluate,
+    judge_candidate,
+    load_generator,
+    reference_statistics,
+)
+from trainer.families import get_family
+from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
+from trainer.runs import LOSS_PLOT, SAMPLES, write_json
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FAMILIES = ("pix2pix-lora",)
+CONFIG_JSON = "config.json"
+ADAPTER = "adapter"
+
+Freeze = Callable[[Engine, Settings], str]
+Status = Literal["promoted", "refused", "failed"]
+
+
+def freeze_snapshot(engine: Engine, settings: Settings) -> str:
+    """The default step 1: a snapshot of every approved pair (an existing one when the
+    data did not change: snapshots are named by their content)."""
+    return create_snapshot(engine, settings).snapshot_id
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """What one cycle did. ``update`` is set when the champion moved: publish it."""
+
+    status: Status
+    name: str
+    trigger: str
+    reason: str
+    version: int | None = None
+    snapshot_id: str | None = None
+    parent_version: int | None = None
+    champion: int | None = None
+    """the champion after the cycle"""
+    previous_champion: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    version_dir: str | None = None
+    run_dir: str | None = None
+    update: ModelUpdate | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "name": self.name,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "version": self.version,
+            "snapshot_id": self.snapshot_id,
+            "parent_version": self.parent_version,
+            "champion": self.champion,
+            "previous_champion": self.previous_champion,
+            "metrics": self.metrics,
+            "version_dir": self.version_dir,
+            "run_dir": self.run_dir,
+            "update": None if self.update is None else self.update.model_dump(mode="json"),
+        }
+
+
+def run_cycle(
+    settings: Settings,
+    trigger: str,
+    *,
+    engine: Engine | None = None,
+    freeze: Freeze = freeze_snapshot,
+    embedder: Embedder | Literal["settings"] | None = "settings",
+    train_args: Sequence[str] = (),
+    actor: str = "scheduler",
+) -> CycleResult:
+    """Run one cycle (module docstring) and say what happened; never raises for a failed
+    training or evaluation (the version records it), only for a registry it cannot reach.
+
+    ``engine`` is a migrated database's (default: one on ``settings.sql_url``, disposed
+    after). ``freeze`` makes the snapshot and returns its id. ``embedder`` scores identity
+    (``"settings"``: the one ``settings.models`` names; None: identity not measured).
+    ``train_args`` are extra flags of the family's script (tests: a tiny model).
+    """
+    own_engine = engine is None
+    engine = engine or create_engine_for(settings.sql_url)
+    try:
+        return _cycle(settings, trigger, engine, freeze, embedder, train_args, actor)
+    finally:
+        if own_engine:
+            engine.dispose()
+
+
+def _cycle(
+    settings: Settings,
+    trigger: str,
+    engine: Engine,
+    freeze: Freeze,
+    embedder: Embedder | Literal["settings"] | None,
+    train_args: Sequence[str],
+    actor: str,
+) -> CycleResult:
+    name = settings.train.model_name
+    registry = Registry(engine, settings.models_dir)
+    champion = registry.alias(name, CHAMPION)
+    previous = None if champion is None else champion.version
+    family_name = settings.train.family
+    if family_name not in SUPPORTED_FAMILIES:
+        reason = f"the retrain cycle supports {', '.join(SUPPORTED_FAMILIES)}, not {family_name}"
+        return CycleResult("failed", name, trigger, reason, champion=previous)
+    try:
+        snapshot_id = freeze(engine, settings)
+        manifest = read_manifest(settings.dataset_dir, snapshot_id)
+    except TrainerError as exc:
+        log.warning("retrain (%s) made no snapshot: %s", trigger, exc)
+        return CycleResult("failed", name, trigger, f"snapshot: {exc}", champion=previous)
+
+    replay = _replay_manifest(settings, champion, snapshot_id, trigger)
+    subjects = {r.subject for r in manifest.records}
+    if replay is not None:
+        # A replayed pair's subject is trained on too: over-approximate with the whole
+        # replayed snapshot, so an erasure never misses a version.
+        subjects |= {r.subject for r in read_manifest(settings.dataset_dir, replay).records}
+    mode = "base" if champion is None else "lora"
+    row = registry.register(
+        name,
+        family=family_name,
+        snapshot_id=snapshot_id,
+        parent_version=previous,
+        config={"mode": mode, "trigger": trigger, "replay_snapshot": replay},
+        subjects=subjects,
+        runs_dir=settings.train_dir,
+        trigger=trigger,
+    )
+    version_dir, run_dir = Path(row.path), Path(row.run_dir)
+    base = _result(row, trigger, previous)
+    handler = _log_to(Path(row.log_path))
+    try:
+        log.info("%s v%d: %s run on %s (trigger %s)", name, row.version, mode, snapshot_id, trigger)
+        argv = _train_argv(settings, champion, snapshot_id, replay, run_dir, mode, train_args)
+        family = get_family(family_name)
+        result = family.main(family.parse_args(argv, settings.train))
+        base_dir = version_dir if champion is None else Path(champion.config["base_dir"])
+        config = assemble_version(run_dir, version_dir, base_dir, mode) | {
+            "name": name,
+            "version": row.version,
+            "family": family_name,
+            "trigger": trigger,
+            "snapshot_id": snapshot_id,
+            "parent_version": previous,
+            "replay_snapshot": replay,
+            "argv": argv,
+            "train": {k: result.get(k) for k in ("steps", "samples_per_s", "lora", "losses")},
+        }
+        write_json(version_dir / CONFIG_JSON, config)
+        adapter = version_dir / ADAPTER if mode == "lora" else None
+        # A base version exports from its run directory: the version's own copy of the
+        # weights is what the export step overwrites.
+        source = run_dir if mode == "base" else base_dir
+        config["export"] = export(
+            source, adapter, version_dir, manifest, BlobStore(settings.blob_dir), config
+        )
+        registry.update(
+            name,
+            row.version,
+            status=VersionStatus.TRAINED,
+            config=config,
+            artifacts=hash_tree(version_dir),
+        )
+        registry.move_alias(
+            name,
+            CANDIDATE,
+            row.version,
+            actor=actor,
+            reason=f"trained by a {trigger} cycle",
+            action="register",
+        )
+        verdict, metrics = gate_version(registry, settings, name, row.version, embedder=embedder)
+    except Exception as exc:
+        # Recorded on the version, logged with its traceback, and the champion stays:
+        # the scheduler must survive one bad run (a bug included) and try again later.
+        log.exception("%s v%d failed", name, row.version)
+        reason = f"{type(exc).__name__}: {exc}"
+        registry.update(name, row.version, status=VersionStatus.FAILED, reason=reason)
+        return _done(base, "failed", reason, {})
+    finally:
+        _stop_logging(handler)
+    if not verdict.promote:
+        return _done(base, "refused", verdict.reason, metrics)
+    try:
+        move = registry.move_alias(
+            name,
+            CHAMPION,
+            row.version,
+            actor=actor,
+            reason=verdict.reason,
+            expect=previous,
+            status=VersionStatus.PROMOTED,
+        )
+    except RegistryError as exc:  # the champion moved by hand while we trained
+        registry.update(name, row.version, status=VersionStatus.REFUSED, reason=str(exc))
+        return _done(base, "refused", str(exc), metrics)
+    promoted = registry.get(name, row.version)
+    update = model_update(promoted, previous, "promote", verdict.reason, actor, move.moved_at)
+    return _done(base, "promoted", verdict.reason, metrics, champion=row.version, update=update)
+
+
+def gate_version(
+    registry: Registry,
+    settings: Settings,
+    name: str,
+    version: int,
+    *,
+    embedder: Embedder | Literal["settings"] | None = "settings",
+) -> tuple[GateVerdict, dict[str, Any]]:
+    """Evaluate ``version`` and the current champion on ``version``'s snapshot's
+    validation split, judge, and store every metric and the verdict on ``version``
+    (status refused when it fails; promoting is the caller's move). Returns both."""
+    row = registry.get(name, version)
+    champion = registry.alias(name, CHAMPION)
+    if champion is not None and champion.version == version:
+        champion = None
+    manifest = read_manifest(settings.dataset_dir, row.snapshot_id)
+    blobs = BlobStore(settings.blob_dir)
+    records = manifest.split("validation")
+    if not records:
+        raise EvaluationError(
+            f"snapshot {row.snapshot_id} has no validation pair: the gate cannot judge "
+            f"{name} v{version}; snapshot with more subjects (S2A_DATASET__VALIDATION_FRACTION)"
+        )
+    resolution = int(row.config.get("resolution") or settings.train.resolution)
+    references = reference_statistics(manifest.records, blobs, resolution)
+    scorer = build_embedder(settings.models) if embedder == "settings" else embedder
+    from trainer.families.pix2pix_lora.model import stylise
+
+    def measure(folder: Path) -> dict[str, float | None]:
+        return evaluate(
+            load_generator(folder),
+            records,
+            blobs,
+            resolution=resolution,
+            condition=stylise,
+            embedder=scorer,
+            references=references,
+            embed_side=settings.gate.embed_side,
+        )
+
+    candidate = measure(Path(row.path))
+    theirs = None if champion is None else measure(Path(champion.path))
+    verdict = judge_candidate(candidate, theirs, settings.gate)
+    metrics = {
+        "split": {"snapshot_id": row.snapshot_id, "name": "validation", "pairs": len(records)},
+        "resolution": resolution,
+        "candidate": _finite(candidate),
+        "champion": None if theirs is None else _finite(theirs),
+        "champion_version": None if champion is None else champion.version,
+        "gate": verdict.as_dict(),
+    }
+    status = VersionStatus.TRAINED if verdict.promote else VersionStatus.REFUSED
+    registry.update(name, version, status=status, reason=verdict.reason, metrics=metrics)
+    return verdict, metrics
+
+
+def assemble_version(run_dir: Path, version_dir: Path, base_dir: Path, mode: str) -> dict[str, Any]:
+    """Copy a finished pix2pix-lora run's model files into its version directory and
+    write the merged generator; returns the version's config entries.
+
+    base run: ``generator.safetensors`` + ``generator.json`` (+ the discriminator, which
+    later lora runs on this base start from). lora run: ``adapter/`` as peft saved it, and
+    ``generator.safetensors`` + ``generator.json``: the base of ``base_dir`` with the
+    adapter merged in (``merge_and_unload``; outputs within ~3e-6 of base + adapter).
+    """
+    from safetensors.torch import save_file
+
+    from trainer.families.pix2pix_lora.model import (
+        DISCRIMINATOR_WEIGHTS,
+        GENERATOR_CONFIG,
+        GENERATOR_WEIGHTS,
+        GeneratorConfig,
+    )
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if mode == "base":
+        for name in (GENERATOR_WEIGHTS, GENERATOR_CONFIG, DISCRIMINATOR_WEIGHTS):
+            shutil.copy2(run_dir / name, version_dir / name)
+        return {"mode": mode, "base_dir": str(version_dir), "resolution": _resolution(run_dir)}
+    adapter = run_dir / ADAPTER
+    if not adapter.is_dir():
+        raise TrainingConfigError(f"{run_dir} has no {ADAPTER}/: not a finished lora run")
+    shutil.copytree(adapter, version_dir / ADAPTER, dirs_exist_ok=True)
+    merged = merge_adapter(base_dir, version_dir / ADAPTER)
+    state = {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
+    save_file(state, version_dir / GENERATOR_WEIGHTS)
+    config = GeneratorConfig.load(base_dir)
+    config.save(version_dir)
+    return {"mode": mode, "base_dir": str(base_dir), "resolution": _resolution(run_dir)}
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path) -> Any:
+    """The base generator of ``base_dir`` with the peft adapter of ``adapter_dir`` merged
+    into its weights (a plain ``Generator`` again)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from trainer.families.pix2pix_lora.model import (
+        GENERATOR_WEIGHTS,
+        GeneratorConfig,
+        build_model,
+    )
+
+    base = build_model(GeneratorConfig.load(base_dir))
+    base.load_state_dict(load_file(base_dir / GENERATOR_WEIGHTS))
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def export(
+    base_dir: Path,
+    adapter_dir: Path | None,
+    version_dir: Path,
+    manifest: Manifest,
+    blobs: BlobStore,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """The export step: ``trainer.export.export_version`` (ONNX FP32 and INT8, TensorRT
+    where present, ``export.json``) into the version directory, calibrated on the
+    snapshot's selfie crops, at the version's resolution. Recorded as not available when
+    that module cannot be imported; its failure fails the version (serving could not
+    load it)."""
+    try:
+        from trainer.export import ExportOptions, export_version, snapshot_calibration
+    except ImportError as exc:
+        log.warning("export: not available (%s)", exc)
+        return {"status": "not available", "detail": str(exc)}
+    resolution = int(config["resolution"])
+    crops = snapshot_calibration(manifest, blobs)
+    report = export_version(
+        base_dir, adapter_dir, version_dir, crops, ExportOptions(resolution=resolution)
+    )
+    return {
+        "status": "done",
+        "files": sorted(report.files),
+        "parity_max_abs_diff": report.parity.max_abs_diff,
+        "seconds": report.seconds,
+    }
+
+
+def model_update(
+    row: ModelVersion,
+    previous: int | None,
+    action: Literal["promote", "rollback"],
+    reason: str,
+    actor: str,
+    at: datetime | None = None,
+) -> ModelUpdate:
+    """The ``model-updates`` record announcing ``row`` as champion."""
+    candidate = (row.metrics or {}).get("candidate") or {}
+    return ModelUpdate(
+        name=row.name,
+        version=row.version,
+        previous_version=previous,
+        action=action,
+        family=row.family,
+        snapshot_id=row.snapshot_id,
+        path=row.path,
+        artifacts=dict(row.artifacts or {}),
+        metrics={k: float(v) for k, v in candidate.items() if isinstance(v, int | float)},
+        reason=reason[:1024],
+        actor=actor,
+        at=at or datetime.now(UTC),
+    )
+
+
+def run_files(run_dir: Path) -> dict[str, str | None]:
+    """The run's loss curve and final sample grid (None when missing)."""
+    curve, grid = run_dir / LOSS_PLOT, run_dir / SAMPLES / "final.png"
+    return {
+        "loss_curve": str(curve) if curve.is_file() else None,
+        "sample_grid": str(grid) if grid.is_file() else None,
+    }
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _replay_manifest(
+    settings: Settings, champion: ModelVersion | None, snapshot_id: str, trigger: str
+) -> str | None:
+    """The champion's snapshot to replay, or None: no champion, the same snapshot, an
+    erasure (the old snapshot may hold the erased subject), or its manifest is gone."""
+    if champion is None or champion.snapshot_id == snapshot_id or trigger == "erasure":
+        return None
+    if not manifest_path(settings.dataset_dir, champion.snapshot_id).is_file():
+        log.warning("no replay: the manifest of %s is gone", champion.snapshot_id)
+        return None
+    return champion.snapshot_id
+
+
+def _train_argv(
+    settings: Settings,
+    champion: ModelVersion | None,
+    snapshot_id: str,
+    replay: str | None,
+    run_dir: Path,
+    mode: str,
+    extra: Sequence[str],
+) -> list[str]:
+    argv = [
+        mode,
+        "--manifest",
+        str(manifest_path(settings.dataset_dir, snapshot_id)),
+        "--blob-dir",
+        str(settings.blob_dir),
+        "--out",
+        str(run_dir),
+    ]
+    if champion is not None:
+        argv += ["--base", str(champion.config["base_dir"])]
+        adapter = Path(champion.path) / ADAPTER
+        if adapter.is_dir():
+            argv += ["--parent-adapter", str(adapter)]
+        if replay is not None:
+            argv += ["--replay-manifest", str(manifest_path(settings.dataset_dir, replay))]
+    if settings.models.torch_threads:
+        argv += ["--threads", str(settings.models.torch_threads)]
+    return argv + list(extra)
+
+
+def _resolution(run_dir: Path) -> int:
+    """The resolution the run ended at (its run.json's args)."""
+    import json
+
+    args = json.loads((run_dir / "run.json").read_text()).get("args", {})
+    return int(args["resolution"])
+
+
+def _finite(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    """NaN and infinities as None: PostgreSQL's JSON refuses them."""
+    return {
+        k: (v if v is None or (v == v and abs(v) != float("inf")) else None)
+        for k, v in metrics.items()
+    }
+
+
+def _result(row: ModelVersion, trigger: str, previous: int | None) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "trigger": trigger,
+        "version": row.version,
+        "snapshot_id": row.snapshot_id,
+        "parent_version": previous,
+        "champion": previous,
+        "previous_champion": previous,
+        "version_dir": row.path,
+        "run_dir": row.run_dir,
+    }
+
+
+def _done(
+    base: dict[str, Any], status: Status, reason: str, metrics: dict[str, Any], **changes: Any
+) -> CycleResult:
+    log.info("%s v%s %s: %s", base["name"], base["version"], status, reason)
+    return CycleResult(status=status, reason=reason, metrics=metrics, **(base | changes))
+
+
+def _log_to(path: Path) -> tuple[logging.Handler, int]:
+    """Copy the trainer's log lines (this cycle's and the family's), INFO and up, into
+    ``path``; returns the handler and the logger's level before, for :func:`_stop_logging`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("trainer")
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler, level
+
+
+def _stop_logging(logging_state: tuple[logging.Handler, int]) -> None:
+    handler, level = logging_state
+    logger = logging.getLogger("trainer")
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    handler.close()
