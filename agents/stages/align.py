@@ -35,6 +35,7 @@ __all__ = [
     "LOOSE_TEMPLATE",
     "TIGHT_TEMPLATE",
     "align",
+    "head_mask",
     "paste_back",
     "similarity_transform",
     "template_for",
@@ -71,8 +72,36 @@ TIGHT_TEMPLATE: npt.NDArray[np.float64] = np.array(
 # Bilinear sampling aliases when it shrinks by more than 2x (a 4000 px photo into a 256
 # crop); below this scale the source is first halved with a Gaussian pyramid.
 _MIN_DIRECT_SCALE = 0.5
+#: The head region paste-back blends in, as fractions of a loose (FFHQ) crop's side: an
+#: ellipse around the whole head with its hair (centre, semi-axes), feathered by a
+#: Gaussian of sigma ``_HEAD_FEATHER``. The photo keeps everything outside it: a
+#: converter's output paints its own background, and a square paste showed as a patch.
+#: Sized from the loose template, whose face box (the mean MTCNN box mapped into it, see
+#: trainer/evaluate.py) spans x 0.23-0.77 and y 0.18-0.90; the ellipse adds the hair.
+_HEAD_CENTRE = (0.5, 0.5)
+_HEAD_AXES = (0.38, 0.45)
+_HEAD_FEATHER = 0.05
 _FEATHER = 0.04
-"""paste_back blends over this fraction of the crop side at its edges, hiding the seam."""
+"""paste_back's square mask ramps to 0 over this fraction of the crop side at its edges, so
+bilinear sampling never leaks crop pixels outside its footprint."""
+
+
+def head_mask(side: int) -> npt.NDArray[np.float32]:
+    """``side`` x ``side`` float32 weights in [0, 1] for pasting a loose crop back: 1 on the
+    head (:data:`_HEAD_AXES` ellipse), fading over a Gaussian of ``_HEAD_FEATHER * side``
+    pixels, and exactly 0 on the crop's outermost pixels."""
+    cx, cy = (c * side for c in _HEAD_CENTRE)
+    ax, ay = (a * side for a in _HEAD_AXES)
+    mask = np.zeros((side, side), np.float32)
+    cv2.ellipse(
+        mask, (round(cx), round(cy)), (round(ax), round(ay)), 0.0, 0.0, 360.0, 1.0, thickness=-1
+    )
+    sigma = max(1.0, _HEAD_FEATHER * side)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    ramp = max(1.0, _FEATHER * side)
+    idx = np.arange(side, dtype=np.float32)
+    edge = np.clip(np.minimum(idx, side - 1 - idx) / ramp, 0.0, 1.0)
+    return np.asarray(mask * np.minimum.outer(edge, edge), dtype=np.float32)
 
 
 def template_for(size: int) -> npt.NDArray[np.float64]:
@@ -171,7 +200,8 @@ def paste_back(
     ``transform`` is the original->crop matrix from :attr:`AlignedFace.transforms`. A crop
     of another resolution than the one the transform was made for (a converter's 512 px
     output for the 256 transform) is fine when ``transform_size`` says which that was.
-    The edges are feathered over a few percent of the crop so no seam shows.
+    Only the head is pasted (:func:`head_mask`, for crops of the loose template), blended
+    over a feathered edge so no seam or patch shows.
     """
     m = np.asarray(transform, dtype=np.float64).reshape(2, 3).copy()
     crop_h, crop_w = crop.shape[:2]
@@ -184,12 +214,8 @@ def paste_back(
     warped = cv2.warpAffine(
         crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    # Feathered mask: 1 inside, ramping to exactly 0 on the crop's outermost pixels (so
-    # bilinear sampling never leaks crop pixels outside its footprint), warped the same way.
-    ramp = max(1.0, _FEATHER * crop_w)
-    idx = np.arange(crop_w, dtype=np.float32)
-    edge = np.clip(np.minimum(idx, crop_w - 1 - idx) / ramp, 0.0, 1.0)
-    mask = np.minimum.outer(edge, edge).astype(np.float32)
+    # The head's feathered mask, warped the same way as the crop.
+    mask = head_mask(crop_w)
     alpha = cv2.warpAffine(
         mask, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
     )[..., None]

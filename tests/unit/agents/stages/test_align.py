@@ -11,7 +11,13 @@ import pytest
 
 from agents.errors import Rejected
 from agents.records import AlignedFace, CleanImage, Detection
-from agents.stages.align import align, paste_back, similarity_transform, template_for
+from agents.stages.align import (
+    align,
+    head_mask,
+    paste_back,
+    similarity_transform,
+    template_for,
+)
 from agents.stages.detect import MtcnnDetector
 from schemas.reasons import ReasonCode, Stage
 
@@ -165,6 +171,22 @@ def test_paste_back_changes_only_the_face_region(
     outside = np.ones(london.pixels.shape[:2], dtype=bool)
     cv2.fillConvexPoly(outside.view(np.uint8), cv2.convexHull(corners.astype(np.int32)), 0)
     assert np.array_equal(pasted[outside], london.pixels[outside])
+    # Inside the crop but off the head (its corners: background the converter repainted),
+    # the photo shows, not a square patch of the output.
+    inverse = cv2.invertAffineTransform(np.asarray(aligned.transforms[256])).tolist()
+    for x, y in _apply(inverse, np.array([[20.0, 20.0], [236.0, 20.0], [20.0, 236.0]])):
+        px, py = round(x), round(y)
+        if 0 <= px < london.width and 0 <= py < london.height:
+            assert np.abs(pasted[py, px].astype(int) - london.pixels[py, px]).max() <= 2
+
+
+def test_head_mask_covers_the_head_and_fades_to_nothing_at_the_edge() -> None:
+    mask = head_mask(256)
+    assert mask.dtype == np.float32
+    assert mask[128, 128] > 0.99  # the face
+    assert mask[40, 128] > 0.5  # the hair above it
+    assert mask[10, 10] < 0.01  # a corner: background
+    assert mask[0].max() == mask[:, 0].max() == 0.0  # nothing leaks past the footprint
 
 
 def test_invalid_landmarks(london: CleanImage) -> None:
