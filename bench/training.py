@@ -1,14 +1,22 @@
-"""Training throughput of pix2pix-lora: samples/s of a base run and of a lora run.
+"""Training throughput per family: samples/s of pix2pix-lora's base and lora runs, or of an
+sd-lora run.
 
 Builds a snapshot of real test images (15 train + 4 validation London-set portraits with
-anime references, as the trainer tests do), then for each thread count runs ``base`` for
-``--steps`` steps and ``lora`` on that base for as many, through the same
-``main(parse_args([...]))`` the CLI and the scheduler call. samples/s counts training steps
-only (data loading included; start-up, checkpoints and sample grids excluded), as the run's
-``result.json`` reports it (the first step's one-off start-up cost included).
+anime references, as the trainer tests do), then for each thread count runs, through the
+same ``main(parse_args([...]))`` the CLI and the scheduler call:
 
-Usage:  python bench/training.py [--steps 20] [--resolution 128] [--batch-size 4]
-            [--threads 1,2] [--json OUT]
+    --family pix2pix-lora   ``base`` for ``--steps`` steps and ``lora`` on that base
+    --family sd-lora        ``lora`` on a random-weight InstructPix2Pix pipeline built in
+                            code (``--sd-size tiny``: the test's toy; ``sd15``: Stable
+                            Diffusion 1.5's shapes, 860 M UNet parameters, the compute of a
+                            real base; ~4 GB written to a temporary folder)
+
+samples/s counts training steps only (data loading included; start-up, checkpoints and
+sample grids excluded), as the run's ``result.json`` reports it (the first step's one-off
+start-up cost included).
+
+Usage:  python bench/training.py [--family pix2pix-lora] [--steps 20] [--resolution 128]
+            [--batch-size 4] [--threads 1,2] [--sd-size tiny|sd15] [--json OUT]
 Prints a Markdown table.
 """
 
@@ -27,18 +35,41 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "trainer"))
 
 from snapshot_fixture import make_snapshot  # noqa: E402
 
-from trainer.families.pix2pix_lora.train import main, parse_args  # noqa: E402
+from trainer.families import get_family  # noqa: E402
 
 
-def _run(manifest: Path, mode: str, out: Path, flags: list[str]) -> dict[str, Any]:
-    return main(parse_args([mode, "--manifest", str(manifest), "--out", str(out), *flags]))
+def _run(family: str, manifest: Path, mode: str, out: Path, flags: list[str]) -> dict[str, Any]:
+    chosen = get_family(family)
+    argv = [mode, "--manifest", str(manifest), "--out", str(out), *flags]
+    return chosen.main(chosen.parse_args(argv, None))
 
 
-def bench(steps: int, resolution: int, batch: int, threads: list[int]) -> list[dict[str, Any]]:
+def bench(
+    steps: int,
+    resolution: int,
+    batch: int,
+    threads: list[int],
+    family: str = "pix2pix-lora",
+    sd_size: str = "tiny",
+) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         snapshot = make_snapshot(root / "home", n_train=15, n_validation=4)
+        if family == "sd-lora":
+            from sd_fixture import make_pipeline
+
+            pipeline = make_pipeline(root / "sd", size=sd_size)
+            for count in threads:
+                flags = [
+                    "--steps", str(steps), "--resolution", str(resolution),
+                    "--batch-size", str(batch), "--threads", str(count),
+                    "--checkpoint-every", str(steps + 1), "--samples", "1",
+                    "--sample-steps", "2", "--base", str(pipeline),
+                ]  # fmt: skip
+                result = _run(family, snapshot.manifest_path, "lora", root / f"sd-{count}", flags)
+                rows.append(_row(f"sd-lora {sd_size}", count, resolution, batch, steps, result))
+            return rows
         for count in threads:
             flags = [
                 "--steps", str(steps), "--resolution", str(resolution),
@@ -46,10 +77,10 @@ def bench(steps: int, resolution: int, batch: int, threads: list[int]) -> list[d
                 "--checkpoint-every", str(steps + 1), "--samples", "2",
             ]  # fmt: skip
             base = root / f"base-{count}"
-            result = _run(snapshot.manifest_path, "base", base, flags)
+            result = _run(family, snapshot.manifest_path, "base", base, flags)
             rows.append(_row("base", count, resolution, batch, steps, result))
             flags += ["--base", str(base)]
-            result = _run(snapshot.manifest_path, "lora", root / f"lora-{count}", flags)
+            result = _run(family, snapshot.manifest_path, "lora", root / f"lora-{count}", flags)
             rows.append(_row("lora", count, resolution, batch, steps, result))
     return rows
 
@@ -65,12 +96,15 @@ def _row(
         "steps": steps,
         "samples_per_s": result["samples_per_s"],
         "trainable": result["parameters"]["trainable"],
-        "parameters": result["parameters"]["generator"],
+        # pix2pix-lora counts its generator, sd-lora its UNet (the model LoRA adapts).
+        "parameters": result["parameters"].get("generator", result["parameters"].get("unet")),
     }
 
 
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=("pix2pix-lora", "sd-lora"), default="pix2pix-lora")
+    parser.add_argument("--sd-size", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -78,7 +112,12 @@ def main_cli() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = bench(
-        args.steps, args.resolution, args.batch_size, [int(t) for t in args.threads.split(",")]
+        args.steps,
+        args.resolution,
+        args.batch_size,
+        [int(t) for t in args.threads.split(",")],
+        args.family,
+        args.sd_size,
     )
     lines = [
         "| mode | threads | px | batch | steps | samples/s | trainable / all params |",

@@ -31,7 +31,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
 
-from trainer.errors import CheckpointError
+from schemas.manifest import ManifestRecord
+from trainer.dataset.snapshot import Manifest, read_manifest
+from trainer.errors import CheckpointError, DatasetError
 
 RUN_JSON = "run.json"
 RESULT_JSON = "result.json"
@@ -165,3 +167,80 @@ def sample_grid(
     tmp = path.with_name(f".{path.name}.tmp")
     grid.save(tmp, format="PNG")
     tmp.replace(path)
+
+
+# -- what every family's training script does the same way ---------------------------------
+
+
+def open_run_dir(
+    run_dir: Path, resume: bool, fingerprint: dict[str, Any], run_info: dict[str, Any]
+) -> None:
+    """Create the run directory with its ``run.json`` (status ``running``), or, with
+    ``resume``, check that the run there was started with the same ``fingerprint``.
+
+    Raises :class:`CheckpointError` naming what differs, or when a new run would overwrite
+    one (``--out`` already holds files) or a resume finds no run.
+    """
+    run_json = run_dir / RUN_JSON
+    if resume:
+        if not run_json.is_file():
+            raise CheckpointError(f"--resume: {run_dir} holds no run to resume (no {RUN_JSON})")
+        before = read_json(run_json).get("fingerprint", {})
+        changed = sorted(
+            k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k)
+        )
+        if changed:
+            detail = ", ".join(f"{k}: {before.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+            raise CheckpointError(
+                f"--resume: {run_dir} was started with other settings ({detail}); resume with "
+                "the same flags, or start a new run with another --out"
+            )
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise CheckpointError(
+            f"{run_dir} already holds files; pass --resume to continue its run, or another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_json, run_info | {"status": "running", "step": 0})
+
+
+def save_checkpoint(
+    accelerator: Any, run_dir: Path, step: int, keep: int, draws_per_process: int
+) -> None:
+    """``accelerator.save_state`` into a staging folder renamed into place as
+    ``checkpoints/step-NNNNNN`` (the newest ``keep`` are kept), with the trainer state:
+    the step and how many samples each process has drawn (the data position resume
+    skips to). Every process takes part; only the main one writes the trainer state."""
+    staging = staging_dir(run_dir, step) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    target = staging or (run_dir / CHECKPOINTS / f".step-{step:06d}.tmp")
+    accelerator.save_state(str(target), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(target / TRAINER_STATE, {"step": step, "draws_per_process": draws_per_process})
+        commit_checkpoint(run_dir, target, step, keep)
+    accelerator.wait_for_everyone()
+
+
+def read_manifest_at(path: Path, flag: str) -> Manifest:
+    """A snapshot's manifest from its path (``.../<ds-id>/manifest.json`` or the folder),
+    verified against its name by :func:`trainer.dataset.read_manifest`; a
+    :class:`DatasetError` names ``flag``."""
+    folder = path if path.is_dir() else path.parent
+    try:
+        return read_manifest(folder.parent, folder.name)
+    except DatasetError as exc:
+        raise DatasetError(f"{flag} {path}: {exc}") from exc
+
+
+def replay_sample(
+    older: Manifest, current: Sequence[ManifestRecord], limit: int, seed: int
+) -> list[ManifestRecord]:
+    """Up to ``limit`` train pairs of an older snapshot that the new one does not hold,
+    chosen at random (seeded), kept in manifest order."""
+    held = {r.pair_id for r in current}
+    pool = [r for r in older.split("train") if r.pair_id not in held]
+    if len(pool) <= limit:
+        return pool
+    chosen = np.random.default_rng(seed).choice(len(pool), size=limit, replace=False)
+    return [pool[i] for i in sorted(chosen)]

@@ -97,11 +97,11 @@ def head_mask(side: int) -> npt.NDArray[np.float32]:
         mask, (round(cx), round(cy)), (round(ax), round(ay)), 0.0, 0.0, 360.0, 1.0, thickness=-1
     )
     sigma = max(1.0, _HEAD_FEATHER * side)
-    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    blurred = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
     ramp = max(1.0, _FEATHER * side)
     idx = np.arange(side, dtype=np.float32)
     edge = np.clip(np.minimum(idx, side - 1 - idx) / ramp, 0.0, 1.0)
-    return np.asarray(mask * np.minimum.outer(edge, edge), dtype=np.float32)
+    return np.asarray(blurred * np.minimum.outer(edge, edge), dtype=np.float32)
 
 
 def template_for(size: int) -> npt.NDArray[np.float64]:

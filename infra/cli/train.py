@@ -5,7 +5,8 @@
                    [--replay OLDER_SNAPSHOT] [--steps N] [--out RUN_DIR] [--resume] [--json]
 
 ``SNAPSHOT`` is a snapshot id (``ds-...``, read straight from ``S2A_HOME/datasets``), a
-version number or ``latest``. The run directory defaults to ``S2A_HOME/runs/<mode>-<id>``;
+version number or ``latest``. The run directory defaults to
+``S2A_HOME/runs/<family>-<mode>-<id>``;
 defaults of every other flag come from the ``train`` settings (``S2A_TRAIN__STEPS``, ...),
 torch's CPU threads from ``S2A_MODELS__TORCH_THREADS``.
 The family's script runs in this process with ``main(parse_args([...]))``, as the scheduler
@@ -49,7 +50,7 @@ def _snapshot_id(settings: Settings, ref: str) -> str:
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="run directory (default: S2A_HOME/runs/<mode>-<snapshot>)",
+    help="run directory (default: S2A_HOME/runs/<family>-<mode>-<snapshot>)",
 )
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option(
@@ -91,7 +92,8 @@ def train(
     settings = settings_of(ctx)
     chosen = get_family(family or settings.train.family)
     snapshot_id = _snapshot_id(settings, snapshot_ref)
-    run_dir = out or settings.train_dir / f"{mode}-{snapshot_id}"
+    # The family is in the name: two families' runs on one snapshot never share a folder.
+    run_dir = out or settings.train_dir / f"{chosen.name}-{mode}-{snapshot_id}"
     argv = [
         mode,
         "--manifest",

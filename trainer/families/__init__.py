@@ -5,10 +5,14 @@
                    adapters, trained with a PatchGAN on a CPU in minutes
                    (:mod:`trainer.families.pix2pix_lora`)
 
+    sd-lora        LoRA on the UNet attention of a local diffusers InstructPix2Pix
+                   pipeline (``--base FOLDER``), frozen VAE and text encoder; a GPU
+                   family (:mod:`trainer.families.sd_lora`)
+
 A family's modules are imported only when it is asked for (``torch``, ``peft`` and
 ``accelerate`` take seconds to import), so listing families costs nothing. A new family
-(sd-lora: diffusers img2img / InstructPix2Pix LoRA) adds one :class:`Family` entry whose
-modules follow the same contract; the scheduler and ``s2a train`` then run it unchanged.
+adds one :class:`Family` entry whose modules follow the same contract; the scheduler and
+``s2a train`` then run it unchanged.
 
 Example::
 
@@ -65,6 +69,12 @@ FAMILIES: dict[str, Family] = {
             "trainer.families.pix2pix_lora.train",
             "trainer.families.pix2pix_lora.model",
             "residual U-Net over a classical stylisation, PatchGAN, peft LoRA; trains on a CPU",
+        ),
+        Family(
+            "sd-lora",
+            "trainer.families.sd_lora.train",
+            "trainer.families.sd_lora.model",
+            "peft LoRA on a local InstructPix2Pix pipeline's UNet attention; wants a GPU",
         ),
     )
 }

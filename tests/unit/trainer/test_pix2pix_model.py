@@ -70,9 +70,9 @@ def test_default_sizes_and_lora_targets() -> None:
 
 def test_registry() -> None:
     family = get_family("pix2pix-lora")
-    assert set(FAMILIES) == {"pix2pix-lora"}
+    assert set(FAMILIES) == {"pix2pix-lora", "sd-lora"}
     assert callable(family.parse_args)
     assert callable(family.main)
     assert count_parameters(family.build_model(GeneratorConfig(width=8))) > 0
-    with pytest.raises(TrainingConfigError, match="families are: pix2pix-lora"):
-        get_family("sd-lora-later")
+    with pytest.raises(TrainingConfigError, match="families are: pix2pix-lora, sd-lora"):
+        get_family("cyclegan")

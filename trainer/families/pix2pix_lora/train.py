@@ -48,7 +48,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -56,7 +55,6 @@ from agents.stores.blobs import BlobStore
 from schemas.digests import sha256_file
 from schemas.manifest import ManifestRecord
 from schemas.settings import TrainSettings
-from trainer.dataset.snapshot import Manifest, read_manifest
 from trainer.errors import CheckpointError, DatasetError, TrainingConfigError
 from trainer.families.pix2pix_lora.losses import (
     LossWeights,
@@ -89,12 +87,14 @@ from trainer.runs import (
     TRAINER_STATE,
     append_losses,
     checkpoints,
-    commit_checkpoint,
+    open_run_dir,
     plot_losses,
     read_json,
     read_losses,
+    read_manifest_at,
+    replay_sample,
     sample_grid,
-    staging_dir,
+    save_checkpoint,
     truncate_losses,
     write_json,
 )
@@ -296,7 +296,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     run_dir: Path = args.out
 
     # -- data ---------------------------------------------------------------------------
-    manifest = _read_manifest(args.manifest, "--manifest")
+    manifest = read_manifest_at(args.manifest, "--manifest")
     blobs = BlobStore(args.blob_dir)
     train_records = manifest.split("train")
     if not train_records:
@@ -304,9 +304,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     replay_records: list[ManifestRecord] = []
     replay_id = None
     if args.replay_manifest is not None:
-        older = _read_manifest(args.replay_manifest, "--replay-manifest")
+        older = read_manifest_at(args.replay_manifest, "--replay-manifest")
         replay_id = older.snapshot_id
-        replay_records = _replay_sample(older, train_records, args.replay_max, args.seed)
+        replay_records = replay_sample(older, train_records, args.replay_max, args.seed)
     records = train_records + replay_records
     weights = replay_weights(train_records, replay_records, args.replay_fraction)
     shown = (manifest.split("validation") or train_records)[: args.samples]
@@ -398,7 +398,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     }
     step = 0
     if accelerator.is_main_process:
-        step = _open_run_dir(run_dir, args.resume, fingerprint, run_info)
+        open_run_dir(run_dir, args.resume, fingerprint, run_info)
     accelerator.wait_for_everyone()
     if args.resume:
         done = read_json(run_dir / RUN_JSON).get("status") == "complete"
@@ -467,7 +467,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix(g=f"{row['g']:.3f}", d=f"{row['d']:.3f}", refresh=False)
             if step % args.checkpoint_every == 0 and step < args.steps:
-                _checkpoint(accelerator, run_dir, step, args.keep_checkpoints)
+                save_checkpoint(
+                    accelerator, run_dir, step, args.keep_checkpoints, draws_per_process=step
+                )
                 if accelerator.is_main_process:
                     _write_samples(generator, accelerator, shown_set, run_dir, f"step-{step:06d}")
             if args.stop_after is not None and step >= args.stop_after:
@@ -592,18 +594,6 @@ def _train_step(
     return {"d": loss_d.item(), "g": loss_g.item()} | {k: v.item() for k, v in terms.items()}
 
 
-def _checkpoint(accelerator: Any, run_dir: Path, step: int, keep: int) -> None:
-    staging = staging_dir(run_dir, step) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()
-    target = staging or (run_dir / "checkpoints" / f".step-{step:06d}.tmp")
-    accelerator.save_state(str(target), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(target / TRAINER_STATE, {"step": step, "draws_per_process": step})
-        commit_checkpoint(run_dir, target, step, keep)
-    accelerator.wait_for_everyone()
-
-
 @torch.no_grad()
 def _write_samples(
     generator: torch.nn.Module, accelerator: Any, shown: PairDataset, run_dir: Path, name: str
@@ -633,57 +623,6 @@ def _write_samples(
     sample_grid(
         rows, ["selfie", "stylised", "output", "reference"], run_dir / SAMPLES / f"{name}.png"
     )
-
-
-def _open_run_dir(
-    run_dir: Path, resume: bool, fingerprint: dict[str, Any], run_info: dict[str, Any]
-) -> int:
-    """Create or check the run directory; returns 0 (the step resume then moves on)."""
-    run_json = run_dir / RUN_JSON
-    if resume:
-        if not run_json.is_file():
-            raise CheckpointError(f"--resume: {run_dir} holds no run to resume (no {RUN_JSON})")
-        before = read_json(run_json).get("fingerprint", {})
-        changed = sorted(
-            k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k)
-        )
-        if changed:
-            detail = ", ".join(f"{k}: {before.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
-            raise CheckpointError(
-                f"--resume: {run_dir} was started with other settings ({detail}); resume with "
-                "the same flags, or start a new run with another --out"
-            )
-        return 0
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise CheckpointError(
-            f"{run_dir} already holds files; pass --resume to continue its run, or another --out"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_json, run_info | {"status": "running", "step": 0})
-    return 0
-
-
-def _read_manifest(path: Path, flag: str) -> Manifest:
-    """A snapshot's manifest from its path (``.../<ds-id>/manifest.json`` or the folder),
-    verified against its name by :func:`trainer.dataset.read_manifest`."""
-    folder = path if path.is_dir() else path.parent
-    try:
-        return read_manifest(folder.parent, folder.name)
-    except DatasetError as exc:
-        raise DatasetError(f"{flag} {path}: {exc}") from exc
-
-
-def _replay_sample(
-    older: Manifest, current: Sequence[ManifestRecord], limit: int, seed: int
-) -> list[ManifestRecord]:
-    """Up to ``limit`` train pairs of an older snapshot that the new one does not hold,
-    chosen at random (seeded), kept in manifest order."""
-    held = {r.pair_id for r in current}
-    pool = [r for r in older.split("train") if r.pair_id not in held]
-    if len(pool) <= limit:
-        return pool
-    chosen = np.random.default_rng(seed).choice(len(pool), size=limit, replace=False)
-    return [pool[i] for i in sorted(chosen)]
 
 
 def _load_base(folder: Path) -> tuple[Generator, GeneratorConfig, dict[str, Any]]:
