@@ -83,7 +83,10 @@ class ReasonCode(StrEnum):
     BAD_URI = "bad_uri"
     """The image URI has a scheme or location the worker may not read, or is unreadable."""
     TOO_LARGE = "too_large"
-    """Bytes, pixels or frames exceed the configured limits (decompression bombs included)."""
+    """Bytes, pixels or a side exceed the configured limits (decompression bombs included)."""
+    ANIMATED = "animated"
+    """An animated image (GIF, WebP, APNG, a HEIF sequence) with more frames than
+    ``limits.max_frames``: which frame is the selfie is not ours to guess."""
     DECODE_ERROR = "decode_error"
     """The bytes are not a complete image in an accepted format (truncated files included)."""
     NO_FACE = "no_face"

@@ -11,8 +11,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from schemas.reasons import ReasonCode, Stage
 
 TOPIC = "uploads-dlq"
-SCHEMA_VERSION = 2
-"""2: the ``face_cut_off`` reason (1 had no way to refuse a face cut by the frame)."""
+SCHEMA_VERSION = 3
+"""2: the ``face_cut_off`` reason (1 had no way to refuse a face cut by the frame).
+3: the ``animated`` reason (2 called an animated image ``too_large``)."""
 
 
 class Origin(BaseModel):

@@ -82,18 +82,19 @@ def read_image(upload: ValidUpload, limits: LimitSettings, uri_roots: Sequence[P
                 ReasonCode.TOO_LARGE,
                 Stage.ANONYMIZE,
                 f"inline image is {len(upload.image_data)} bytes; limits.max_inline_bytes is "
-                f"{limits.max_inline_bytes}: send larger images by file:// URI",
+                f"{limits.max_inline_bytes} (S2A_LIMITS__MAX_INLINE_BYTES): send larger "
+                "images by file:// URI under a worker root (S2A_URI_ROOTS)",
             )
         check_size(len(upload.image_data), limits)
         return upload.image_data
     if upload.image_uri is None:
         # The contract guarantees one of the two; a hand-built ValidUpload may not.
         raise Rejected(ReasonCode.BAD_SCHEMA, Stage.ANONYMIZE, "upload has neither data nor uri")
-    path = _path_under_roots(upload.image_uri, uri_roots)
+    path = _path_under_roots(upload.image_uri, uri_roots, limits)
     return read_bounded(path, limits)
 
 
-def _path_under_roots(uri: str, uri_roots: Sequence[Path]) -> Path:
+def _path_under_roots(uri: str, uri_roots: Sequence[Path], limits: LimitSettings) -> Path:
     """The resolved local path a ``file://`` URI names, when it lies under a root."""
     parts = urlsplit(uri)
     if parts.scheme.lower() != "file":
@@ -101,7 +102,8 @@ def _path_under_roots(uri: str, uri_roots: Sequence[Path]) -> Path:
         raise Rejected(
             ReasonCode.BAD_URI,
             Stage.ANONYMIZE,
-            f"uri scheme {scheme[:16]!r} is not readable; only file:// under a worker root",
+            f"uri scheme {scheme[:16]!r} is not readable; only file:// under a worker root "
+            "(S2A_URI_ROOTS)",
         )
     if parts.netloc not in ("", "localhost"):
         raise Rejected(ReasonCode.BAD_URI, Stage.ANONYMIZE, "file uri names a remote host")
@@ -111,8 +113,15 @@ def _path_under_roots(uri: str, uri_roots: Sequence[Path]) -> Path:
     if not local.startswith("/") or "\x00" in local:
         raise Rejected(ReasonCode.BAD_URI, Stage.ANONYMIZE, "file uri path is not absolute")
     if not uri_roots:
+        # Typically a photo over the inline limit, which producers send by URI: say both
+        # ways out, since the operator may not know why this one came by URI.
         raise Rejected(
-            ReasonCode.BAD_URI, Stage.ANONYMIZE, "no uri_roots configured; uris are not readable"
+            ReasonCode.BAD_URI,
+            Stage.ANONYMIZE,
+            "image comes by file:// URI, but no uri_roots are configured (S2A_URI_ROOTS is "
+            "empty): set it to the folders producers write uploads to, or send images of at "
+            f"most limits.max_inline_bytes = {limits.max_inline_bytes} bytes inline "
+            "(S2A_LIMITS__MAX_INLINE_BYTES)",
         )
     try:
         # Resolve first, compare second: '..' and symlinks are followed before the check,
@@ -125,7 +134,12 @@ def _path_under_roots(uri: str, uri_roots: Sequence[Path]) -> Path:
             ReasonCode.BAD_URI, Stage.ANONYMIZE, f"uri path does not resolve: {exc}"
         ) from None
     if not any(resolved.is_relative_to(root) for root in roots):
+        # The roots are the operator's own configuration, not the uploader's: naming how
+        # many there are helps without echoing paths into the dead-letter topic.
         raise Rejected(
-            ReasonCode.BAD_URI, Stage.ANONYMIZE, "uri resolves outside every configured uri root"
+            ReasonCode.BAD_URI,
+            Stage.ANONYMIZE,
+            f"uri resolves outside every worker root (S2A_URI_ROOTS, {len(roots)} "
+            "configured); move the file under one",
         )
     return resolved

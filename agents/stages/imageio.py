@@ -155,8 +155,9 @@ def decode_image(data: bytes, limits: LimitSettings) -> CleanImage:
     """Decode untrusted bytes into bare, upright, 8-bit sRGB pixels.
 
     Raises :class:`~agents.errors.Rejected` at the anonymize stage: ``too_large`` for
-    bytes, pixels, a side or frames over ``limits`` (checked from the header before any
-    pixel is allocated; decompression bombs included); ``decode_error`` for anything that
+    bytes, pixels or a side over ``limits`` (checked from the header before any pixel is
+    allocated; decompression bombs included); ``animated`` for more frames than
+    ``limits.max_frames``; ``decode_error`` for anything that
     is not a complete image in :data:`ALLOWED_FORMATS`, naming HEIF or AVIF when that is
     what it looks like and its decoder is missing here.
 
@@ -168,7 +169,9 @@ def decode_image(data: bytes, limits: LimitSettings) -> CleanImage:
     check_size(len(data), limits)
     if not data:
         raise Rejected(ReasonCode.DECODE_ERROR, Stage.ANONYMIZE, "image is empty (0 bytes)")
-    opened = ""  # the format, once the header is read: it names what was corrupt
+    # The format, to name what was corrupt: by its magic bytes until the header is read
+    # (a WebP whose header is cut fails inside open(), before Pillow names it).
+    opened = _magic(data)
     try:
         with Image.open(io.BytesIO(data), formats=_OPENERS) as im:
             opened = f"{im.format} "
@@ -196,10 +199,17 @@ def decode_image(data: bytes, limits: LimitSettings) -> CleanImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard (its warning, when a filter escalates it) fires at open() for
         # sizes far past ours; either way the image is refused unallocated.
-        raise Rejected(ReasonCode.TOO_LARGE, Stage.ANONYMIZE, str(exc)) from None
+        raise Rejected(
+            ReasonCode.TOO_LARGE,
+            Stage.ANONYMIZE,
+            f"{exc} (limits.max_pixels is {limits.max_pixels}, S2A_LIMITS__MAX_PIXELS)",
+        ) from None
     except MemoryError:
         raise Rejected(
-            ReasonCode.TOO_LARGE, Stage.ANONYMIZE, "decoding needs more memory than available"
+            ReasonCode.TOO_LARGE,
+            Stage.ANONYMIZE,
+            "decoding needs more memory than available; lower limits.max_pixels "
+            f"({limits.max_pixels}, S2A_LIMITS__MAX_PIXELS)",
         ) from None
     except _DECODE_FAILURES as exc:
         raise Rejected(
@@ -349,7 +359,8 @@ def check_size(size: int, limits: LimitSettings) -> None:
         raise Rejected(
             ReasonCode.TOO_LARGE,
             Stage.ANONYMIZE,
-            f"image is {size} bytes or more; limits.max_upload_bytes is {limits.max_upload_bytes}",
+            f"image is {size} bytes or more; limits.max_upload_bytes is "
+            f"{limits.max_upload_bytes} (S2A_LIMITS__MAX_UPLOAD_BYTES)",
         )
 
 
@@ -400,14 +411,15 @@ def _check_header(im: Image.Image, limits: LimitSettings) -> None:
         raise Rejected(
             ReasonCode.TOO_LARGE,
             Stage.ANONYMIZE,
-            f"image is {width}x{height}; limits.max_side_px is {limits.max_side_px}",
+            f"image is {width}x{height}; limits.max_side_px is {limits.max_side_px} "
+            "(S2A_LIMITS__MAX_SIDE_PX)",
         )
     if width * height > limits.max_pixels:
         raise Rejected(
             ReasonCode.TOO_LARGE,
             Stage.ANONYMIZE,
             f"image is {width}x{height} = {width * height} pixels; "
-            f"limits.max_pixels is {limits.max_pixels}",
+            f"limits.max_pixels is {limits.max_pixels} (S2A_LIMITS__MAX_PIXELS)",
         )
     # Pillow only warns (DecompressionBombWarning) between its limit and twice it; when
     # the configured limit is looser than Pillow's, the warning is still taken as final.
@@ -417,17 +429,21 @@ def _check_header(im: Image.Image, limits: LimitSettings) -> None:
             ReasonCode.TOO_LARGE,
             Stage.ANONYMIZE,
             f"image is {width}x{height} = {width * height} pixels, over Pillow's "
-            f"decompression-bomb limit of {bomb_limit}",
+            f"decompression-bomb limit of {bomb_limit} (PIL.Image.MAX_IMAGE_PIXELS), which "
+            f"limits.max_pixels ({limits.max_pixels}, S2A_LIMITS__MAX_PIXELS) cannot raise",
         )
     # MPO frames are the same shot again (a preview, the other eye of a stereo pair), not
     # animation: phones write them, and only the first is ever decoded.
     if im.format != "MPO":
         frames = int(getattr(im, "n_frames", 1))
         if frames > limits.max_frames:
+            # Its own reason, not too_large: the fix is to send one still frame, not a
+            # smaller file.
             raise Rejected(
-                ReasonCode.TOO_LARGE,
+                ReasonCode.ANIMATED,
                 Stage.ANONYMIZE,
-                f"image has {frames} frames; limits.max_frames is {limits.max_frames}",
+                f"animated {im.format} with {frames} frames; limits.max_frames is "
+                f"{limits.max_frames} (S2A_LIMITS__MAX_FRAMES): send one still photo",
             )
 
 
@@ -479,6 +495,19 @@ def _apply_icc(im: Image.Image, icc: bytes) -> Image.Image:
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return im
     return converted if converted is not None else im
+
+
+def _magic(data: bytes) -> str:
+    """``"JPEG "``, ``"PNG "``, ``"WEBP "`` or ``"GIF "`` by the leading bytes, else ``""``."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG "
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG "
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP "
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF "
+    return ""
 
 
 def _sniff(data: bytes) -> str:

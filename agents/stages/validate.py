@@ -46,7 +46,8 @@ def validate(raw: bytes, now: datetime) -> UploadEvent:
     """Parse ``raw`` as an :class:`UploadEvent` and check its consent at ``now``.
 
     Raises :class:`Rejected` at :attr:`Stage.VALIDATE` with ``bad_schema`` (not JSON, or not
-    the contract), ``no_consent`` (scopes lack ``training``) or ``consent_expired``.
+    the contract), ``no_consent`` (no ``consent`` in an otherwise valid record, or scopes
+    lacking ``training``) or ``consent_expired``.
     ``now`` must be timezone-aware, like every time in the contract.
     """
     if now.tzinfo is None or now.utcoffset() is None:
@@ -54,6 +55,15 @@ def validate(raw: bytes, now: datetime) -> UploadEvent:
     try:
         event = UploadEvent.from_bytes(raw)
     except ValidationError as exc:
+        if _only_consent_missing(exc):
+            # The record is otherwise sound: the reason is the missing consent, which is
+            # what the producer must fix (ReasonCode.NO_CONSENT covers "missing").
+            raise Rejected(
+                ReasonCode.NO_CONSENT,
+                Stage.VALIDATE,
+                "consent is missing: the record has no 'consent' object; processing needs "
+                f"consent with the {TRAINING_SCOPE!r} scope",
+            ) from None
         raise Rejected(ReasonCode.BAD_SCHEMA, Stage.VALIDATE, _describe(exc)) from None
     consent = event.consent
     if not consent.covers(TRAINING_SCOPE):
@@ -92,6 +102,12 @@ def upload_id_of(raw: bytes) -> str:
         except ValidationError:
             pass
     return fallback_upload_id(raw)
+
+
+def _only_consent_missing(exc: ValidationError) -> bool:
+    """Whether the one thing wrong with the record is that it has no ``consent``."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    return len(errors) == 1 and errors[0]["type"] == "missing" and errors[0]["loc"] == ("consent",)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -272,7 +272,7 @@ def build_scenario(settings: Settings, outside: Path) -> Scenario:
     frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
-    s.add("animated", "too_large", data=gif.getvalue())
+    s.add("animated", "animated", data=gif.getvalue())
     blank = io.BytesIO()
     Image.new("RGB", (400, 400), (90, 140, 200)).save(blank, "PNG")
     s.add("blank", "no_face", data=blank.getvalue())

@@ -178,6 +178,10 @@ def test_no_roots_means_no_uris(root: Path) -> None:
     error = rejection(read_image, upload, LIMITS, [])
     assert error.reason is ReasonCode.BAD_URI
     assert "uri_roots" in error.detail
+    # An over-size photo comes by URI: the detail names both ways out, by setting.
+    assert "S2A_URI_ROOTS" in error.detail
+    assert "S2A_LIMITS__MAX_INLINE_BYTES" in error.detail
+    assert str(LIMITS.max_inline_bytes) in error.detail
 
 
 def test_large_file_is_too_large_by_stat(root: Path) -> None:
@@ -186,7 +190,9 @@ def test_large_file_is_too_large_by_stat(root: Path) -> None:
         handle.truncate(10 * 1024 * 1024)  # sparse: costs no disk and is never read
     upload = make_upload(image_data=None, image_uri=big.as_uri())
     limits = LimitSettings(max_upload_bytes=1000, max_inline_bytes=1000)
-    assert rejection(read_image, upload, limits, [root]).reason is ReasonCode.TOO_LARGE
+    error = rejection(read_image, upload, limits, [root])
+    assert error.reason is ReasonCode.TOO_LARGE
+    assert "limits.max_upload_bytes is 1000 (S2A_LIMITS__MAX_UPLOAD_BYTES)" in error.detail
     (root / "exact.jpg").write_bytes(b"x" * 1000)
     upload = make_upload(image_data=None, image_uri=(root / "exact.jpg").as_uri())
     assert len(read_image(upload, limits, [root])) == 1000

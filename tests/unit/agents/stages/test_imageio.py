@@ -412,13 +412,14 @@ def test_formats_outside_the_allow_list_are_refused() -> None:
         assert ", ".join(ALLOWED_FORMATS) in error.detail
 
 
-def test_animated_gif_is_too_large_beyond_max_frames() -> None:
+def test_animated_gif_is_animated_beyond_max_frames() -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "green", "blue")]
     gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
     assert getattr(Image.open(io.BytesIO(gif)), "n_frames", 1) == 3
     error = rejection(decode_image, gif, LIMITS)
-    assert error.reason is ReasonCode.TOO_LARGE
-    assert "frames" in error.detail
+    assert error.reason is ReasonCode.ANIMATED
+    assert "3 frames" in error.detail
+    assert "S2A_LIMITS__MAX_FRAMES" in error.detail
     first = decode_image(gif, LimitSettings(max_frames=3)).pixels
     assert tuple(first[0, 0]) == (255, 0, 0)
 
@@ -453,7 +454,11 @@ def _only_rejected(data: bytes) -> None:
         outcome = exc
     if isinstance(outcome, Rejected):
         assert outcome.stage is Stage.ANONYMIZE
-        assert outcome.reason in (ReasonCode.DECODE_ERROR, ReasonCode.TOO_LARGE)
+        assert outcome.reason in (
+            ReasonCode.DECODE_ERROR,
+            ReasonCode.TOO_LARGE,
+            ReasonCode.ANIMATED,
+        )
     else:
         assert outcome.pixels.dtype == np.uint8
         assert outcome.pixels.shape[2] == 3
@@ -608,7 +613,7 @@ def test_heic_with_two_pictures_is_over_max_frames() -> None:
     out = io.BytesIO()
     first.save(out, format="HEIF", save_all=True, append_images=[second])
     error = rejection(decode_image, out.getvalue(), LIMITS)
-    assert error.reason is ReasonCode.TOO_LARGE
+    assert error.reason is ReasonCode.ANIMATED
     assert "2 frames" in error.detail
 
 

@@ -149,6 +149,15 @@ def test_detail_stays_compact_for_many_errors() -> None:
     assert len(error.detail) < 1000
 
 
+def test_missing_consent_is_no_consent_not_bad_schema() -> None:
+    error = rejected(encode(make_doc(consent=None)))
+    assert error.reason is ReasonCode.NO_CONSENT
+    assert "consent is missing" in error.detail
+    # Missing consent in an otherwise broken record is the record's fault.
+    error = rejected(encode(make_doc(consent=None, upload_id=None)))
+    assert error.reason is ReasonCode.BAD_SCHEMA
+
+
 def test_consent_without_training_scope_is_no_consent() -> None:
     consent = Consent(version="2026-01", scopes=["analytics"], granted_at=NOW)
     error = rejected(make_event(consent=consent).to_bytes())
