@@ -35,6 +35,8 @@
           ├── InvalidDecision (ValueError)     the decision itself is wrong (unknown action, a
           │                                    reference that is not a candidate, a label
           │                                    outside the vocabulary); HTTP 400
+          ├── AccountError (ValueError)        a reviewer account cannot be made or changed as
+          │                                    asked (name taken, password too short)
           └── Refused                          a request refused before it reaches the store,
                                                with the HTTP status to answer
 
@@ -235,6 +237,11 @@ class Conflict(ReviewError, RuntimeError):
 
 class InvalidDecision(ReviewError, ValueError):
     """A decision that cannot be applied as given; the message names the fix."""
+
+
+class AccountError(ReviewError, ValueError):
+    """An account cannot be made or changed as asked (name taken, password too short);
+    the message names the fix."""
 
 
 class Refused(ReviewError):

@@ -430,3 +430,19 @@ class ErasureAudit(SQLModel, table=True):
     """ids of the snapshots deleted because they held the subject"""
     model_versions: list[str] = _json_column()
     """``name:version`` of the versions trained on the subject, marked for retraining"""
+
+
+class Reviewer(SQLModel, table=True):
+    """An account of the review page (``s2a reviewers add``): the name recorded with every
+    decision, and an Argon2id hash of the password (never the password itself).
+
+    A session cookie is honoured only while its reviewer exists and it was issued after
+    ``sessions_after``: removing the account or logging out ends every session at once.
+    """
+
+    __tablename__ = "reviewers"
+
+    name: str = Field(primary_key=True, max_length=122, description="as in human:<name>")
+    password_hash: str = Field(max_length=256, description="PHC string, $argon2id$...")
+    created_at: datetime = _utc_column()
+    sessions_after: datetime | None = _utc_column(nullable=True)

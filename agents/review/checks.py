@@ -1,5 +1,6 @@
 """What a request to the review page must be before it reaches the store: addressed to the
-server's own host, from its own origin, a decision body of the right size, type and fields.
+server's own host, from its own origin, carrying its session's CSRF token, a body of the
+right size, type and fields.
 
 Each check raises :class:`Refused` (with the HTTP status to answer),
 :class:`~agents.review.NotFound` or :class:`~agents.review.InvalidDecision`;
@@ -8,15 +9,16 @@ Each check raises :class:`Refused` (with the HTTP status to answer),
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from email.message import Message
 from http import HTTPStatus
-from io import BufferedIOBase
 from typing import Any
+from urllib.parse import parse_qs
 
 from agents.errors import InvalidDecision, NotFound, Refused
 
@@ -27,9 +29,9 @@ _PAIR_ID = re.compile(r"[A-Za-z0-9._:-]{1,36}")
 _DECISION_FIELDS = frozenset({"action", "ref_id", "labels", "seen_updated_at"})
 
 
-def check_host(hosts: frozenset[str] | None, headers: Message) -> None:
+def check_host(hosts: frozenset[str] | None, headers: Mapping[str, str]) -> None:
     """Refuse a request whose ``Host`` is none of ``hosts`` (``None`` accepts any)."""
-    host = (headers.get("Host") or "").lower()
+    host = (headers.get("host") or "").lower()
     if hosts is not None and host not in hosts:
         raise Refused(
             HTTPStatus.BAD_REQUEST,
@@ -37,41 +39,68 @@ def check_host(hosts: frozenset[str] | None, headers: Message) -> None:
         )
 
 
-def check_origin(headers: Message) -> None:
+def check_origin(headers: Mapping[str, str], scheme: str = "http") -> None:
     """Refuse a request whose ``Origin`` is another site's."""
-    origin = headers.get("Origin")
-    own = f"http://{(headers.get('Host') or '').lower()}"
+    origin = headers.get("origin")
+    own = f"{scheme}://{(headers.get('host') or '').lower()}"
     if origin is not None and origin.lower() != own:
         raise Refused(HTTPStatus.FORBIDDEN, f"cross-origin request from {origin!r} refused")
 
 
-def json_body(headers: Message, rfile: BufferedIOBase) -> dict[str, Any]:
-    """The decision a POST carries as JSON, read from ``rfile``; see :func:`decision_body`."""
-    ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if ctype != "application/json":
+def check_csrf(expected: object, sent: str | None) -> None:
+    """Refuse a state-changing request whose CSRF token is missing or not its session's.
+
+    The token lives in the signed session and reaches the page inside its HTML; another
+    site can make the browser send the cookie, but cannot read the token to send along.
+    """
+    if not isinstance(expected, str) or not sent:
+        raise Refused(HTTPStatus.FORBIDDEN, "CSRF token missing; reload the page (or log in again)")
+    if not hmac.compare_digest(expected.encode(), sent.encode()):
+        raise Refused(HTTPStatus.FORBIDDEN, "CSRF token wrong; reload the page (or log in again)")
+
+
+def body_length(headers: Mapping[str, str], content_type: str, limit: int = MAX_BODY_BYTES) -> int:
+    """The declared length of a body that must be ``content_type`` and at most ``limit``
+    bytes; Refused (415, 411 or 413) otherwise."""
+    ctype = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != content_type:
         raise Refused(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            f"send the decision as application/json, not {ctype or 'no content type'!r}",
+            f"send this as {content_type}, not {ctype or 'no content type'!r}",
         )
     try:
-        length = int(headers.get("Content-Length") or "")
+        length = int(headers.get("content-length") or "")
     except ValueError:
         raise Refused(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required") from None
-    if not 0 < length <= MAX_BODY_BYTES:
+    if not 0 < length <= limit:
         raise Refused(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"a decision body is 1 to {MAX_BODY_BYTES} bytes, got {length}",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body here is 1 to {limit} bytes, got {length}"
         )
+    return length
+
+
+def json_body(raw: bytes) -> dict[str, Any]:
+    """The decision a POST carries as JSON; see :func:`decision_body`."""
     try:
-        body = json.loads(rfile.read(length))
+        body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Refused(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
     return decision_body(body)
 
 
-def queue_limit(query: Mapping[str, list[str]]) -> int:
+def login_form(raw: bytes) -> dict[str, str]:
+    """The login form's fields (``name``, ``password``, ``csrf_token``), each ``""`` when
+    absent."""
+    try:
+        fields = parse_qs(raw.decode(), keep_blank_values=True, max_num_fields=8)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Refused(HTTPStatus.BAD_REQUEST, f"the login form is malformed: {exc}") from None
+    return {key: fields.get(key, [""])[-1] for key in ("name", "password", "csrf_token")}
+
+
+def queue_limit(query: Mapping[str, str]) -> int:
     """The queue's ``?limit=N`` (default 50), 1 to :data:`MAX_QUEUE_LIMIT`."""
-    raw = query.get("limit", ["50"])[-1]
+    raw = query.get("limit", "50")
     try:
         limit = int(raw)
     except ValueError:
@@ -136,3 +165,50 @@ def hosts_for(host: str, port: int) -> frozenset[str] | None:
     else:
         names = (f"[{host}]" if ":" in host else host,)
     return frozenset(f"{name}:{port}".lower() for name in names)
+
+
+class LoginThrottle:
+    """Refuse logins for a (client address, name) after ``max_failures`` wrong passwords
+    within ``window_s``, until the oldest of them is that old; a success clears the count.
+
+    Keyed by address and name together, so guessing one reviewer's password from one place
+    is slowed without letting anyone lock that reviewer out from everywhere. In memory:
+    one server process, forgotten at restart. Not thread-safe: the event loop calls it.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max = max_failures
+        self._window = window_s
+        self._clock = clock
+        self._failures: dict[tuple[str, str], list[float]] = {}
+
+    def check(self, client: str, name: str) -> None:
+        """Raise Refused (429) while ``client`` may not try ``name`` again."""
+        recent = self._recent((client, name))
+        if len(recent) >= self._max:
+            wait = int(recent[0] + self._window - self._clock()) + 1
+            raise Refused(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many wrong passwords for {name!r}; try again in {wait} s",
+            )
+
+    def failed(self, client: str, name: str) -> None:
+        key = (client, name)
+        self._failures[key] = [*self._recent(key), self._clock()]
+
+    def succeeded(self, client: str, name: str) -> None:
+        self._failures.pop((client, name), None)
+
+    def _recent(self, key: tuple[str, str]) -> list[float]:
+        since = self._clock() - self._window
+        recent = [at for at in self._failures.get(key, ()) if at > since]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
+        return recent

@@ -135,10 +135,7 @@ def check_reviewer(actor: str) -> str:
     """The reviewer's name as recorded (``human:<name>``), or InvalidDecision saying why not."""
     name = actor.strip()
     if not name or len(name) > _MAX_ACTOR:
-        raise InvalidDecision(
-            f"reviewer name must be 1 to {_MAX_ACTOR} characters, got {actor!r}; "
-            "pass --reviewer NAME"
-        )
+        raise InvalidDecision(f"reviewer name must be 1 to {_MAX_ACTOR} characters, got {actor!r}")
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise InvalidDecision(f"reviewer name {actor!r} holds control characters")
     return name

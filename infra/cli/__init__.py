@@ -21,6 +21,7 @@ from infra.cli.models import models
 from infra.cli.pairs import pairs
 from infra.cli.refs import refs
 from infra.cli.review import review
+from infra.cli.reviewers import reviewers
 from infra.cli.run import broker, demo, up, worker
 from infra.cli.scheduler import scheduler
 from infra.cli.serve import convert, serve
@@ -72,6 +73,7 @@ for _verb in (
     labels,
     pairs,
     review,
+    reviewers,
     dataset,
     train,
     models,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import signal
 from collections.abc import Callable
@@ -26,19 +25,9 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError) as exc:  # no LOGNAME/USER and no passwd entry (containers)
-        raise click.ClickException(
-            f"cannot tell who is reviewing ({exc}); pass --reviewer NAME"
-        ) from exc
-
-
 @click.command()
 @click.option("--host", default=None, help="listen address (default S2A_REVIEW__HOST, loopback)")
 @click.option("--port", type=int, default=None, help="listen port (default S2A_REVIEW__PORT)")
-@click.option("--reviewer", default=None, help="recorded with every decision (default: login)")
 @click.option(
     "--include",
     "include",
@@ -52,27 +41,27 @@ def review(
     ctx: click.Context,
     host: str | None,
     port: int | None,
-    reviewer: str | None,
     include: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Review pending (selfie, anime) pairs in a browser: approve, reject, pick, fix labels."""
+    """Review pending (selfie, anime) pairs in a browser: approve, reject, pick, fix labels.
+
+    Reviewers log in with accounts made by `s2a reviewers add`; each decision records the
+    logged-in reviewer. Beyond loopback the page needs S2A_REVIEW__TLS_CERT and _KEY.
+    """
     from agents.review.server import ReviewServer
     from schemas.migrate import upgrade
 
     settings = settings_of(ctx)
-    name = reviewer if reviewer is not None else _login_name()
     upgrade(settings.sql_url)
     with contextlib.ExitStack() as stack:
-        announce = _announcer(settings, stack)
         server = ReviewServer(
-            settings,
-            name,
-            on_decision=announce,
-            host=host,
-            port=port,
-            include_unmatched="unmatched" in include,
+            settings, host=host, port=port, include_unmatched="unmatched" in include
         )
+        # A setup the page refuses (no TLS beyond loopback, no account, a lost secret)
+        # fails here, before the broker is asked.
+        server.check()
+        server.on_decision = _announcer(settings, stack)
         _serve(server, as_json)
 
 
@@ -107,8 +96,8 @@ def _serve(server: ReviewServer, as_json: bool) -> None:
     url = server.start()
     try:
         if as_json:
-            emit_json({"url": url, "reviewer": server.reviewer})
-        click.echo(f"review page at {url} (reviewer {server.reviewer}); Ctrl-C stops it", err=True)
+            emit_json({"url": url})
+        click.echo(f"review page at {url} (log in as a reviewer); Ctrl-C stops it", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             server.wait()
     finally:

@@ -41,6 +41,7 @@ TABLES = {
     "snapshot_subjects",
     "version_erasures",
     "erasure_audit",
+    "reviewers",
 }
 
 
@@ -76,7 +77,7 @@ def test_upgrade_from_empty_reaches_head(sql_url: str) -> None:
 
     upgrade(sql_url)
 
-    assert current(sql_url) == head() == "0006"
+    assert current(sql_url) == head() == "0007"
     assert _tables(sql_url) == TABLES | {"alembic_version"}
 
 

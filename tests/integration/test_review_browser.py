@@ -1,8 +1,9 @@
 """The review page end to end: the real HTTP server on loopback, SQL, and headless Chromium.
 
 The browser is Debian's ``/usr/bin/chromium`` driven by Playwright; ``playwright install``
-is never run. The HTTP contract (origins, content types, conflicts, blobs) is checked with
-plain requests on SQLite and PostgreSQL.
+is never run; it logs in through the real login page. The HTTP contract (login, sessions,
+CSRF tokens, origins, content types, conflicts, blobs) is checked with plain requests on
+SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,26 +13,35 @@ import hashlib
 import http.client
 import io
 import json
+import re
+import shutil
+import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
+from argon2 import PasswordHasher
+from cli_runner import run_s2a
 from PIL import Image
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from agents.review.server import ReviewServer
+from agents.errors import ReviewError
+from agents.review.accounts import ReviewerAccounts
+from agents.review.server import SESSION_COOKIE, ReviewServer
 from agents.review.store import ReviewStore
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
 from schemas.migrate import upgrade
 from schemas.reasons import UploadState
-from schemas.settings import Settings
+from schemas.settings import ReviewSettings, Settings
 from schemas.tables import (
     AnimeRef,
     Face,
@@ -56,6 +66,9 @@ REFS = (
     ("pc_chaosah_pepper_face.jpg", "CC-BY-4.0", "David Revoy (Pepper&Carrot)"),
 )
 REVIEWER = "carol"
+PASSWORD = "carol's long passphrase"
+#: Argon2 at its cheapest: these tests check who may log in, not how slow guessing is.
+FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
 @functools.cache
@@ -175,6 +188,8 @@ def seed(home: Path, sql_url: str) -> Seeded:
             session.add(row)
             session.flush()
         session.commit()
+    settings.review.resolve_session_secret(home, create=True)
+    ReviewerAccounts(engine, FAST).add(REVIEWER, PASSWORD)
     return Seeded(settings, engine, pairs, faces, refs, crops)
 
 
@@ -209,9 +224,13 @@ def _human_label(engine: Engine, face_id: str, name: str) -> str | None:
 
 @dataclass
 class Running:
+    """A served page and a client of it that keeps the session cookie and CSRF token."""
+
     seeded: Seeded
     url: str
     announced: list[Pair]
+    cookie: str | None = None
+    csrf: str | None = None
 
     def request(
         self,
@@ -219,16 +238,23 @@ class Running:
         path: str,
         body: Any = None,
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         parts = urlsplit(self.url)
         connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
         payload = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         sent = {"Content-Type": "application/json"} if payload is not None else {}
+        if self.cookie is not None:
+            sent["Cookie"] = f"{SESSION_COOKIE}={self.cookie}"
+        if self.csrf is not None and method == "POST":
+            sent["X-CSRF-Token"] = self.csrf
         sent.update(headers or {})
         try:
             connection.request(method, path, body=payload, headers=sent)
             response = connection.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
+            cookie = SimpleCookie(response.headers.get("set-cookie", ""))
+            if SESSION_COOKIE in cookie:  # the session changed (login, logout, new token)
+                self.cookie = cookie[SESSION_COOKIE].value or None
+            return response.status, response.headers, response.read()
         finally:
             connection.close()
 
@@ -236,19 +262,53 @@ class Running:
         status, _, data = self.request("POST", f"/api/pairs/{pair_id}/decision", body, headers)
         return status, json.loads(data)
 
+    def login(self, name: str = REVIEWER, password: str = PASSWORD) -> int:
+        """Log in as a browser does: the form's token, then the form; returns the status
+        of the POST and, on success, keeps the page's CSRF token."""
+        self.cookie = self.csrf = None
+        status, _, page = self.request("GET", "/login")
+        assert status == 200
+        form = {"name": name, "password": password, "csrf_token": _token(page)}
+        status, headers, _ = self.request(
+            "POST",
+            "/login",
+            urlencode(form).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        if status == 303:
+            assert headers["location"] == "/"
+            status_page, _, page = self.request("GET", "/")
+            assert status_page == 200
+            self.csrf = _token(page)
+        return status
+
+
+def _token(page: bytes) -> str:
+    """The CSRF token a rendered page carries (the form's hidden field or the meta tag)."""
+    found = re.search(rb'(?:name="csrf_token" value|name="csrf-token" content)="([^"]+)"', page)
+    assert found is not None, page[:500]
+    return found.group(1).decode()
+
 
 @contextmanager
 def _serve(
-    home: Path, sql_url: str, on_decision: Callable[[Pair], None] | None = None
+    home: Path,
+    sql_url: str,
+    on_decision: Callable[[Pair], None] | None = None,
+    *,
+    logged_in: bool = True,
 ) -> Iterator[Running]:
     seeded = seed(home, sql_url)
     announced: list[Pair] = []
     server = ReviewServer(
-        seeded.settings, REVIEWER, on_decision=on_decision or announced.append, port=0
+        seeded.settings, on_decision=on_decision or announced.append, port=0, hasher=FAST
     )
     url = server.start()
     try:
-        yield Running(seeded, url, announced)
+        running = Running(seeded, url, announced)
+        if logged_in:
+            assert running.login() == 303
+        yield running
     finally:
         server.stop()
         seeded.engine.dispose()
@@ -385,6 +445,168 @@ def test_requests_for_another_host_name_are_refused(running_sqlite: Running) -> 
     assert status == 404
 
 
+# -- login, sessions and CSRF ---------------------------------------------------------------
+
+
+@pytest.fixture
+def anonymous(tmp_path: Path) -> Iterator[Running]:
+    """The server over SQLite and a client that has not logged in."""
+    with _serve(tmp_path, f"sqlite:///{tmp_path / 's2a.db'}", logged_in=False) as served:
+        yield served
+
+
+def test_everything_but_the_login_page_needs_a_session(anonymous: Running) -> None:
+    running = anonymous
+    pair_id, crop = running.seeded.pairs[0], running.seeded.crops[0]
+    for path in ("/api/queue", f"/api/pairs/{pair_id}", f"/blobs/{crop}.png"):
+        status, headers, data = running.request("GET", path)
+        assert (status, headers["Content-Type"]) == (401, "application/json"), path
+        assert "log in" in json.loads(data)["error"]
+    status, _ = running.decide(pair_id, {"action": "reject", "seen_updated_at": "x"})
+    assert status == 401
+    for page in ("/", "/index.html"):
+        status, headers, _ = running.request("GET", page)
+        assert (status, headers["Location"]) == (303, "/login")
+    status, headers, page_html = running.request("GET", "/login")
+    assert status == 200
+    assert b'type="password"' in page_html
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert _pair(running.seeded.engine, pair_id).status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("name", "password"), [(REVIEWER, "not carol's password"), ("mallory", PASSWORD), ("", "")]
+)
+def test_a_wrong_name_or_password_is_refused(anonymous: Running, name: str, password: str) -> None:
+    running = anonymous
+    assert running.login(name, password) == 401
+    status, _, _ = running.request("GET", "/api/queue")
+    assert status == 401
+
+
+def test_repeated_wrong_passwords_are_throttled(anonymous: Running) -> None:
+    running = anonymous
+    for _ in range(5):
+        assert running.login(REVIEWER, "not carol's password") == 401
+    # Now even the right password waits: guessing costs time, not only Argon2's.
+    assert running.login() == 429
+    assert running.request("GET", "/api/queue")[0] == 401
+
+
+def test_login_needs_the_login_pages_token(anonymous: Running) -> None:
+    """Another site's form must not log the browser in (login CSRF)."""
+    running = anonymous
+    form = urlencode({"name": REVIEWER, "password": PASSWORD}).encode()
+    status, _, page = running.request(
+        "POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 403
+    assert b"CSRF token missing" in page
+    assert b'name="csrf_token"' in page  # the form again, to log in for real
+    assert running.request("GET", "/api/queue")[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("token", "message"), [(None, "CSRF token missing"), ("forged", "CSRF token wrong")]
+)
+def test_a_decision_without_the_sessions_csrf_token_is_refused(
+    running_sqlite: Running, token: str | None, message: str
+) -> None:
+    running = running_sqlite
+    pair_id = running.seeded.pairs[0]
+    body = {"action": "reject", "seen_updated_at": _seen(running, pair_id)}
+    running.csrf = token
+    status, answer = running.decide(pair_id, body)
+    assert status == 403
+    assert message in answer["error"]
+    assert _pair(running.seeded.engine, pair_id).status == "pending"
+    assert _decisions(running.seeded.engine, pair_id) == []
+
+
+def test_a_decision_records_the_logged_in_reviewer(running_sqlite: Running) -> None:
+    running = running_sqlite
+    engine, pair_id = running.seeded.engine, running.seeded.pairs[0]
+    ReviewerAccounts(engine, FAST).add("erin", "erin's long passphrase")
+    assert running.login("erin", "erin's long passphrase") == 303
+    status, _, data = running.request("GET", "/api/queue")
+    assert json.loads(data)["reviewer"] == "erin"
+
+    status, answer = running.decide(
+        pair_id, {"action": "reject", "seen_updated_at": _seen(running, pair_id)}
+    )
+    assert status == 200, answer
+    assert _pair(engine, pair_id).decided_by == "human:erin"
+    assert [(d.actor, d.action) for d in _decisions(engine, pair_id)] == [("erin", "reject")]
+
+
+def test_logout_and_removal_end_sessions(running_sqlite: Running) -> None:
+    running = running_sqlite
+    engine = running.seeded.engine
+    cookie = running.cookie
+    status, headers, _ = running.request("POST", "/logout")
+    assert (status, headers["Location"]) == (303, "/login")
+    # The cookie from before the logout is dead too, not only the browser's copy of it.
+    running.cookie = cookie
+    assert running.request("GET", "/api/queue")[0] == 401
+
+    assert running.login() == 303
+    assert running.request("GET", "/api/queue")[0] == 200
+    assert ReviewerAccounts(engine, FAST).remove(REVIEWER)
+    assert running.request("GET", "/api/queue")[0] == 401
+
+
+def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> None:
+    seeded = seed(tmp_path, f"sqlite:///{tmp_path / 's2a.db'}")
+    try:
+        server = ReviewServer(seeded.settings, host="0.0.0.0", port=0, engine=seeded.engine)
+        with pytest.raises(ReviewError, match="S2A_REVIEW__TLS_CERT and S2A_REVIEW__TLS_KEY"):
+            server.start()
+        assert server.url is None
+    finally:
+        seeded.engine.dispose()
+
+
+def test_s2a_review_refuses_a_wide_bind_without_tls_in_one_line(tmp_path: Path) -> None:
+    result = run_s2a("review", "--host", "0.0.0.0", "--port", "0", home=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("s2a: refusing to serve the review page on 0.0.0.0 without TLS")
+    assert "S2A_REVIEW__TLS_CERT and S2A_REVIEW__TLS_KEY" in line
+
+
+def test_with_tls_the_page_listens_beyond_loopback(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is absent; it makes the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject],
+        check=True,
+        capture_output=True,
+    )
+    seeded = seed(tmp_path, f"sqlite:///{tmp_path / 's2a.db'}")
+    review = ReviewSettings(tls_cert=cert, tls_key=key)
+    settings = seeded.settings.model_copy(update={"review": review})
+    server = ReviewServer(settings, host="0.0.0.0", port=0, engine=seeded.engine)
+    try:
+        url = server.start()
+        assert url.startswith("https://0.0.0.0:")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        port = int(urlsplit(url).port or 0)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        try:
+            connection.request("GET", "/login")
+            response = connection.getresponse()
+            assert response.status == 200
+            assert "secure" in response.headers["set-cookie"].lower()
+        finally:
+            connection.close()
+    finally:
+        server.stop()
+        seeded.engine.dispose()
+
+
 # -- the page in a real browser -----------------------------------------------------------
 
 
@@ -396,7 +618,7 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[Any, Running]]:
 
     seeded = seed(tmp_path, f"sqlite:///{tmp_path / 's2a.db'}")
     announced: list[Pair] = []
-    server = ReviewServer(seeded.settings, REVIEWER, on_decision=announced.append, port=0)
+    server = ReviewServer(seeded.settings, on_decision=announced.append, port=0, hasher=FAST)
     url = server.start()
     try:
         with sync_playwright() as p:
@@ -413,7 +635,13 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[Any, Running]]:
             )
             try:
                 page = browser.new_page()
+                # Through the real login page: the queue is behind it.
                 page.goto(url)
+                page.wait_for_url(f"{url}login")
+                page.fill("#name", REVIEWER)
+                page.fill("#password", PASSWORD)
+                page.click("#login-button")
+                page.wait_for_url(url)
                 yield page, Running(seeded, url, announced)
             finally:
                 browser.close()
@@ -473,6 +701,12 @@ def test_reviewer_approves_rejects_and_relabels_from_the_page(
     third = _pair(engine, pairs[2])
     assert (third.status, third.ref_id, third.score) == ("approved", refs[0], 0.7)
     assert [d.action for d in _decisions(engine, pairs[2])] == ["approve"]
+
+    # Logging out lands on the login page, and the page is behind it again.
+    page.click("#logout")
+    page.wait_for_url(f"{running.url}login")
+    page.goto(running.url)
+    page.wait_for_url(f"{running.url}login")
 
 
 def test_the_page_shows_who_decided_first(browser_page: tuple[Any, Running]) -> None:

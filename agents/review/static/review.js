@@ -35,14 +35,22 @@
     status.dataset.kind = kind;
   }
 
+  // The session's CSRF token, rendered into the page by the server; every POST sends it.
+  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+
   async function api(path, body) {
-    const options = { headers: { Accept: "application/json" } };
+    const options = { headers: { Accept: "application/json" }, credentials: "same-origin" };
     if (body !== undefined) {
       options.method = "POST";
       options.headers["Content-Type"] = "application/json";
+      options.headers["X-CSRF-Token"] = csrfToken;
       options.body = JSON.stringify(body);
     }
     const response = await fetch(path, options);
+    if (response.status === 401) {
+      // The session ended (expired, logged out elsewhere, account removed): log in again.
+      window.location.assign("/login");
+    }
     let data = null;
     try {
       data = await response.json();
