@@ -20,9 +20,11 @@ base run, ``adapter/`` of a lora run, ``discriminator.safetensors``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,8 @@ LOSS_PLOT = "losses.png"
 SAMPLES = "samples"
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
+
+log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^step-(\d{6,})$")
 
@@ -244,3 +248,61 @@ def replay_sample(
         return pool
     chosen = np.random.default_rng(seed).choice(len(pool), size=limit, replace=False)
     return [pool[i] for i in sorted(chosen)]
+
+
+def start_run(
+    accelerator: Any,
+    run_dir: Path,
+    resume: bool,
+    fingerprint: dict[str, Any],
+    run_info: dict[str, Any],
+    steps: int,
+) -> tuple[int, dict[str, Any] | None]:
+    """Open the run directory (:func:`open_run_dir`, on the main process) and, with
+    ``resume``, load the newest checkpoint into ``accelerator``.
+
+    Returns ``(step, None)``: the step to continue from (0 for a new run), or
+    ``(step, result)`` when the run had already completed (its ``result.json``: nothing
+    to do). Raises :class:`CheckpointError` when a checkpoint does not hold the step its
+    name says.
+    """
+    step = 0
+    if accelerator.is_main_process:
+        open_run_dir(run_dir, resume, fingerprint, run_info)
+    accelerator.wait_for_everyone()
+    if not resume:
+        return step, None
+    done = read_json(run_dir / RUN_JSON).get("status") == "complete"
+    if done and (run_dir / RESULT_JSON).is_file():
+        log.info("%s is already complete: nothing to resume", run_dir)
+        result: dict[str, Any] = read_json(run_dir / RESULT_JSON)
+        return step, result
+    found = checkpoints(run_dir)
+    if found:
+        step, path = found[-1]
+        accelerator.load_state(str(path))
+        state = read_json(path / TRAINER_STATE)
+        if state["step"] != step:
+            raise CheckpointError(f"{path} holds step {state['step']}, not {step}")
+        log.info("resumed %s at step %d of %d", run_dir, step, steps)
+    if accelerator.is_main_process:
+        truncate_losses(run_dir, step)
+    return step, None
+
+
+def progress_bar(
+    accelerator: Any, show: bool | None, steps: int, step: int, description: str
+) -> Any:
+    """A tqdm bar over the run's steps, on the local main process only; ``show`` None: only
+    when stderr is a terminal (logs and CI stay clean)."""
+    from tqdm.auto import tqdm
+
+    visible = show if show is not None else sys.stderr.isatty()
+    return tqdm(
+        total=steps,
+        initial=step,
+        disable=not (visible and accelerator.is_local_main_process),
+        desc=description,
+        unit="step",
+        dynamic_ncols=True,
+    )

@@ -78,7 +78,7 @@ from agents.stores.blobs import BlobStore
 from schemas.digests import sha256_file
 from schemas.manifest import ManifestRecord
 from schemas.settings import TrainSettings
-from trainer.errors import CheckpointError, DatasetError, TrainingConfigError
+from trainer.errors import DatasetError, TrainingConfigError
 from trainer.families.sd_lora.model import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
@@ -95,18 +95,16 @@ from trainer.runs import (
     RESULT_JSON,
     RUN_JSON,
     SAMPLES,
-    TRAINER_STATE,
     append_losses,
-    checkpoints,
-    open_run_dir,
     plot_losses,
+    progress_bar,
     read_json,
     read_losses,
     read_manifest_at,
     replay_sample,
     sample_grid,
     save_checkpoint,
-    truncate_losses,
+    start_run,
     write_json,
 )
 from trainer.torchdata import DrawSampler, PairDataset, PairSample, replay_weights, to_rgb
@@ -442,39 +440,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "versions": _versions(),
         "processes": accelerator.num_processes,
     }
-    step = 0
-    if accelerator.is_main_process:
-        open_run_dir(run_dir, args.resume, fingerprint, run_info)
-    accelerator.wait_for_everyone()
-    if args.resume:
-        done = read_json(run_dir / RUN_JSON).get("status") == "complete"
-        if done and (run_dir / RESULT_JSON).is_file():
-            log.info("%s is already complete: nothing to resume", run_dir)
-            result: dict[str, Any] = read_json(run_dir / RESULT_JSON)
-            return result
-        found = checkpoints(run_dir)
-        if found:
-            step, path = found[-1]
-            accelerator.load_state(str(path))
-            state = read_json(path / TRAINER_STATE)
-            if state["step"] != step:
-                raise CheckpointError(f"{path} holds step {state['step']}, not {step}")
-            log.info("resumed %s at step %d of %d", run_dir, step, args.steps)
-        if accelerator.is_main_process:
-            truncate_losses(run_dir, step)
+    step, finished = start_run(accelerator, run_dir, args.resume, fingerprint, run_info, args.steps)
+    if finished is not None:
+        return finished
 
     # -- training ---------------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    bar = tqdm(
-        total=args.steps,
-        initial=step,
-        disable=not (show and accelerator.is_local_main_process),
-        desc=f"{FAMILY} {args.mode}",
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(accelerator, args.progress, args.steps, step, f"{FAMILY} {args.mode}")
     accumulation = args.gradient_accumulation_steps
     draws_per_step = args.batch_size * accumulation
     dataset = PairDataset(records, blobs, args.resolution, seed=args.seed)
