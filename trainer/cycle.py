@@ -59,7 +59,7 @@ from trainer.evaluate import (
     load_generator,
     reference_statistics,
 )
-from trainer.families import get_family
+from trainer.families import get_family, script_argv
 from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
 from trainer.runs import LOSS_PLOT, SAMPLES, write_json
 
@@ -456,25 +456,14 @@ def _train_argv(
     mode: str,
     extra: Sequence[str],
 ) -> list[str]:
-    argv = [
-        mode,
-        "--manifest",
-        str(manifest_path(settings.dataset_dir, snapshot_id)),
-        "--blob-dir",
-        str(settings.blob_dir),
-        "--out",
-        str(run_dir),
-    ]
+    options: dict[str, object | None] = {}
     if champion is not None:
-        argv += ["--base", str(champion.config["base_dir"])]
+        options["--base"] = champion.config["base_dir"]
         adapter = Path(champion.path) / ADAPTER
-        if adapter.is_dir():
-            argv += ["--parent-adapter", str(adapter)]
+        options["--parent-adapter"] = adapter if adapter.is_dir() else None
         if replay is not None:
-            argv += ["--replay-manifest", str(manifest_path(settings.dataset_dir, replay))]
-    if settings.models.torch_threads:
-        argv += ["--threads", str(settings.models.torch_threads)]
-    return argv + list(extra)
+            options["--replay-manifest"] = manifest_path(settings.dataset_dir, replay)
+    return script_argv(settings, mode, snapshot_id, run_dir, options) + list(extra)
 
 
 def _resolution(run_dir: Path) -> int:

@@ -16,7 +16,6 @@ calls it; for several GPUs run the script under ``accelerate launch`` (README, T
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -87,23 +86,14 @@ def train(
 ) -> None:
     """Train a base converter, or LoRA adapters on a base, from a dataset snapshot."""
     from trainer.dataset.snapshot import manifest_path
-    from trainer.families import get_family
+    from trainer.families import get_family, script_argv
 
     settings = settings_of(ctx)
     chosen = get_family(family or settings.train.family)
     snapshot_id = _snapshot_id(settings, snapshot_ref)
     # The family is in the name: two families' runs on one snapshot never share a folder.
     run_dir = out or settings.train_dir / f"{chosen.name}-{mode}-{snapshot_id}"
-    argv = [
-        mode,
-        "--manifest",
-        str(manifest_path(settings.dataset_dir, snapshot_id)),
-        "--blob-dir",
-        str(settings.blob_dir),
-        "--out",
-        str(run_dir),
-    ]
-    options: dict[str, Any] = {
+    options: dict[str, object | None] = {
         "--steps": steps,
         "--batch-size": batch_size,
         "--resolution": resolution,
@@ -113,11 +103,7 @@ def train(
     if replay is not None:
         replay_id = _snapshot_id(settings, replay)
         options["--replay-manifest"] = manifest_path(settings.dataset_dir, replay_id)
-    for flag, value in options.items():
-        if value is not None:
-            argv += [flag, str(value)]
-    if settings.models.torch_threads:
-        argv += ["--threads", str(settings.models.torch_threads)]
+    argv = script_argv(settings, mode, snapshot_id, run_dir, options)
     if progressive is not None:
         argv.append("--progressive" if progressive else "--no-progressive")
     if resume:

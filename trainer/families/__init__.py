@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from schemas.settings import TrainSettings
+from schemas.settings import Settings, TrainSettings
 from trainer.errors import TrainingConfigError
 
 ParseArgs = Callable[[Sequence[str] | None, TrainSettings | None], argparse.Namespace]
@@ -87,3 +88,33 @@ def get_family(name: str) -> Family:
     except KeyError:
         known = ", ".join(sorted(FAMILIES))
         raise TrainingConfigError(f"unknown model family {name!r}; families are: {known}") from None
+
+
+def script_argv(
+    settings: Settings,
+    mode: str,
+    snapshot_id: str,
+    run_dir: Path,
+    options: Mapping[str, object | None] = {},
+) -> list[str]:
+    """The flags of a family's training script for a run on snapshot ``snapshot_id`` of
+    this home (its manifest and blob store), in ``run_dir``: ``options`` maps a flag to its
+    value, left out when None; torch's thread count comes from ``S2A_MODELS__TORCH_THREADS``.
+    What ``s2a train`` and the retrain cycle both pass to ``main(parse_args(argv))``."""
+    from trainer.dataset.snapshot import manifest_path
+
+    argv = [
+        mode,
+        "--manifest",
+        str(manifest_path(settings.dataset_dir, snapshot_id)),
+        "--blob-dir",
+        str(settings.blob_dir),
+        "--out",
+        str(run_dir),
+    ]
+    for flag, value in (options or {}).items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if settings.models.torch_threads:
+        argv += ["--threads", str(settings.models.torch_threads)]
+    return argv
