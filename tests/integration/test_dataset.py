@@ -23,7 +23,8 @@ from dataset_seed import (
     seed,
 )
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import event, update
+from sqlalchemy.exc import IntegrityError
 
 from agents.references.catalog import Catalog
 from infra.cli import cli
@@ -204,6 +205,27 @@ def test_subjects_linked_as_one_person_share_a_split_and_the_report_counts_them(
     assert manifest.summary.identity_groups == len(split_of) - 1
     page = write_report(manifest, tmp_path / "report.html").read_text()
     assert "<td>subjects merged as one person (kept in one split)</td><td>2</td>" in page
+
+
+def test_a_snapshot_that_loses_the_race_for_its_version_number_takes_the_next(
+    seeded: Seeded,
+) -> None:
+    # Another process inserts a snapshot between our read of the highest version and our
+    # insert: played by failing our first insert as the database would.
+    lost: list[bool] = []
+
+    def race(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SNAPSHOTS") and not lost:
+            lost.append(True)
+            raise IntegrityError(statement, {}, Exception("UNIQUE constraint failed"))
+
+    event.listen(seeded.engine, "before_cursor_execute", race)
+    try:
+        result = create_snapshot(seeded.engine, seeded.settings)
+    finally:
+        event.remove(seeded.engine, "before_cursor_execute", race)
+    assert lost == [True]
+    assert (result.version, result.created) == (1, True)
 
 
 def test_snapshot_of_nothing_and_a_tampered_manifest_are_errors(tmp_path: Path) -> None:

@@ -283,15 +283,29 @@ def record_snapshot(
     The subjects the manifest names (:func:`manifest_subjects`) go into
     ``snapshot_subjects`` in the same transaction, so an erasure finds the snapshot.
     """
-    summary = manifest.summary
     subjects = [
         {"snapshot_id": snapshot_id, "subject": subject}
         for subject in sorted(manifest_subjects(manifest))
     ]
+    # _insert_snapshot retries a lost race (an IntegrityError) itself, inside _storage: were
+    # the retry outside, _storage would turn that error (a DBAPIError) into StorageError.
+    with _storage("recording the snapshot"):
+        return _insert_snapshot(engine, snapshot_id, sha256, path, manifest, subjects)
+
+
+def _insert_snapshot(
+    engine: Engine,
+    snapshot_id: str,
+    sha256: str,
+    path: Path,
+    manifest: DatasetManifest,
+    subjects: list[dict[str, str]],
+) -> tuple[int, bool]:
+    summary = manifest.summary
     by_id = select(_SNAPSHOTS.c.version).where(_SNAPSHOTS.c.snapshot_id == snapshot_id)
     for attempt in range(_INSERT_ATTEMPTS):
         try:
-            with _storage("recording the snapshot"), for_writing(engine).begin() as connection:
+            with for_writing(engine).begin() as connection:
                 found = connection.scalar(by_id)
                 if found is not None:
                     return int(found), False
