@@ -306,3 +306,58 @@ def progress_bar(
         unit="step",
         dynamic_ncols=True,
     )
+
+
+def run_result(
+    run_dir: Path,
+    *,
+    family: str,
+    mode: str,
+    snapshot: str,
+    steps: int,
+    samples_per_s: float,
+    parameters: Any,
+    lora: Any,
+    lineage: Any,
+    history: Sequence[dict[str, float]],
+    loss_terms: Sequence[str],
+    files: Sequence[str],
+) -> dict[str, Any]:
+    """The summary a finished run returns and keeps in ``result.json``: what was trained
+    (family, mode, snapshot, steps, parameters, LoRA settings, lineage), how fast
+    (samples/s), its last logged loss terms and the files it wrote."""
+    last = {k: v for k, v in history[-1].items() if k in loss_terms} if history else {}
+    return {
+        "run_dir": str(run_dir),
+        "status": "complete",
+        "family": family,
+        "mode": mode,
+        "snapshot": snapshot,
+        "steps": steps,
+        "samples_per_s": round(samples_per_s, 3),
+        "parameters": parameters,
+        "lora": lora,
+        "lineage": lineage,
+        "losses": last,
+        "files": list(files),
+    }
+
+
+def finish_run(
+    accelerator: Any,
+    run_dir: Path,
+    run_info: dict[str, Any],
+    step: int,
+    result: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Mark the run complete: the main process writes ``result`` (its
+    :func:`run_result`; None on the other processes) and sets ``run.json``'s status; every
+    process then returns the written result."""
+    if accelerator.is_main_process:
+        if result is None:
+            raise ValueError("the main process must pass the run's result")
+        write_json(run_dir / RESULT_JSON, result)
+        write_json(run_dir / RUN_JSON, run_info | {"status": "complete", "step": step})
+    accelerator.wait_for_everyone()
+    written: dict[str, Any] = read_json(run_dir / RESULT_JSON)
+    return written

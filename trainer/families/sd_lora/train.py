@@ -92,16 +92,16 @@ from trainer.families.sd_lora.model import (
 )
 from trainer.runs import (
     LOSS_PLOT,
-    RESULT_JSON,
     RUN_JSON,
     SAMPLES,
     append_losses,
+    finish_run,
     plot_losses,
     progress_bar,
-    read_json,
     read_losses,
     read_manifest_at,
     replay_sample,
+    run_result,
     sample_grid,
     save_checkpoint,
     start_run,
@@ -526,32 +526,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     # -- outputs ----------------------------------------------------------------------------
     accelerator.wait_for_everyone()
+    result: dict[str, Any] | None = None
     if accelerator.is_main_process:
         save_adapter(accelerator.unwrap_model(unet), run_dir / ADAPTER_DIR)
         history = read_losses(run_dir)
         plot_losses(history, run_dir / LOSS_PLOT, LOSS_TERMS)
         _write_samples(unet, parts, accelerator, shown_set, run_dir, "final", args)
         files = [f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", LOSS_PLOT, f"{SAMPLES}/final.png"]
-        last = {k: v for k, v in history[-1].items() if k in LOSS_TERMS} if history else {}
-        result = {
-            "run_dir": str(run_dir),
-            "status": "complete",
-            "family": FAMILY,
-            "mode": args.mode,
-            "snapshot": manifest.snapshot_id,
-            "steps": args.steps,
-            "samples_per_s": round(samples_per_s, 3),
-            "parameters": run_info["parameters"],
-            "lora": lora_settings,
-            "lineage": lineage,
-            "losses": last,
-            "files": files,
-        }
-        write_json(run_dir / RESULT_JSON, result)
-        write_json(run_dir / RUN_JSON, run_info | {"status": "complete", "step": step})
-    accelerator.wait_for_everyone()
-    result = read_json(run_dir / RESULT_JSON)
-    return result
+        result = run_result(
+            run_dir,
+            family=FAMILY,
+            mode=args.mode,
+            snapshot=manifest.snapshot_id,
+            steps=args.steps,
+            samples_per_s=samples_per_s,
+            parameters=run_info["parameters"],
+            lora=lora_settings,
+            lineage=lineage,
+            history=history,
+            loss_terms=LOSS_TERMS,
+            files=files,
+        )
+    return finish_run(accelerator, run_dir, run_info, step, result)
 
 
 class _StepContext:
