@@ -4,16 +4,18 @@ compare-and-set, rollback through the audit trail, subjects; one lease holder at
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
+from sqlmodel import col
 
 from agents.stores.db import create_engine_for
 from schemas.migrate import upgrade
 from schemas.model_updates import VersionStatus
+from schemas.tables import Lease
 from trainer.errors import RegistryError
 from trainer.leases import acquire, holder_of, release, renew
 from trainer.registry import CANDIDATE, CHAMPION, Registry
@@ -120,9 +122,9 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_released(engine: Engine) 
     assert renew(engine, "retrain", "a", ttl_s=60)
     assert release(engine, "retrain", "a")
     assert holder_of(engine, "retrain") is None
-    assert acquire(engine, "retrain", "b", ttl_s=0.2)
+    assert acquire(engine, "retrain", "b", ttl_s=60)
 
-    time.sleep(0.3)  # b stopped renewing: its lease ran out
+    _expire(engine, "retrain")  # b stopped renewing: its lease ran out
 
     assert acquire(engine, "retrain", "a", ttl_s=60)
     assert not renew(engine, "retrain", "b", ttl_s=60)  # b learns it lost the lease
@@ -131,11 +133,21 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_released(engine: Engine) 
 def test_racing_holders_get_one_lease(engine: Engine) -> None:
     """Eight threads (each its own connection) ask at once, for a new lease and then for
     an expired one: exactly one gets it each time."""
-    for round_, ttl in ((0, 0.3), (1, 60)):
-        won = _race(engine, [f"h{round_}-{i}" for i in range(8)], ttl)
+    for round_ in (0, 1):
+        won = _race(engine, [f"h{round_}-{i}" for i in range(8)], 60)
         assert len(won) == 1, won
         if round_ == 0:
-            time.sleep(0.4)  # the first winner's lease runs out: the second round races for it
+            _expire(engine, "race")  # the first winner's lease runs out: a second race for it
+
+
+def _expire(engine: Engine, name: str) -> None:
+    """Let lease ``name`` run out now, as its holder's silence would after its ttl."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(Lease)
+            .where(col(Lease.name) == name)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
 
 
 def _race(engine: Engine, holders: list[str], ttl: float) -> list[str]:
