@@ -91,6 +91,9 @@ class CheckResult:
     trigger: Trigger | None = None
     cycle: CycleResult | None = None
     published: bool = False
+    publish_error: str | None = None
+    """why the champion's model update was not announced (``published`` False after a
+    promotion)"""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class CheckResult:
             "reason": None if self.trigger is None else self.trigger.reason,
             "cycle": None if self.cycle is None else self.cycle.as_dict(),
             "published": self.published,
+            "publish_error": self.publish_error,
         }
 
 
@@ -213,19 +217,24 @@ def check(
             log.info("retrain: %s (%s)", trigger.name, trigger.reason)
             result = run(settings, trigger.name, engine=engine, actor="scheduler")
         log.info("retrain %s: %s (%s)", result.status, result.reason, trigger.name)
-        published = False
+        published, error = False, None
         if result.update is not None and publish is not None:
+            # ``publish`` is the caller's (a Kafka producer in `s2a scheduler`), so any
+            # error it raises is caught: the registry has already moved, and the answer
+            # must say that the announcement, not the cycle, failed.
             try:
                 publish(result.update)
                 published = True
-            except Exception:
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
                 log.exception(
-                    "champion is v%s but its model update was not published; serving keeps "
-                    "the previous model until `s2a models promote %s` announces it again",
+                    "champion is v%s but its model update was not published (%s); servers "
+                    "keep the previous model until they are told to reload (Convert's "
+                    "Reload call) or a later promotion is announced",
                     result.update.version,
-                    result.update.version,
+                    error,
                 )
-        return CheckResult("ran", trigger, result, published)
+        return CheckResult("ran", trigger, result, published, error)
     finally:
         if own:
             engine.dispose()

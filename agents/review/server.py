@@ -567,6 +567,8 @@ async def _answer(request: Request, work: Awaitable[T]) -> T | Response:
         log.error("review %s %s: %s", request.method, request.url.path, exc)
         return _error(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
     except Exception:
+        # The request boundary: a bug in one request is logged with its traceback and
+        # answered 500, and the server goes on serving the others.
         log.exception("review %s %s failed", request.method, request.url.path)
         return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log")
 

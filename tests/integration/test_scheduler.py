@@ -185,6 +185,7 @@ def test_a_check_publishes_the_promotion_and_survives_a_broker_that_fails(
 
     again = check(seeded.settings, broken, engine=seeded.engine, run=run)
     assert (again.outcome, again.published) == ("ran", False)
+    assert again.publish_error == "ConnectionError: no broker at 127.0.0.1:1"
 
 
 def test_a_check_while_another_holds_the_lease_runs_nothing(seeded: Seeded) -> None:
