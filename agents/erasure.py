@@ -7,14 +7,16 @@
    and the old unsuffixed ``faces``), by face id and by the ``subject`` payload, so a
    point whose SQL row never got written (a crash mid-ingest) goes too;
 2. **blobs**: the aligned crops of the subject's faces that no other face and no anime
-   reference shares (content-addressed: a shared digest is someone else's image too);
+   reference shares (content-addressed: a shared digest is someone else's image too), in
+   the blob store the settings name (folder or bucket) and this home's staged copies;
 3. **files**: every export (a folder with an ``export.json``) of a snapshot that holds the
    subject, under the dataset directory and ``settings.dataset.export_roots``; then those
    snapshots' folders under the dataset directory (manifest, report). Snapshots are found
    through ``snapshot_subjects``, and by the pseudonym's bytes in every manifest on disk
    (snapshots recorded before that table existed, or written and never recorded); and
    the sample grids (``samples/``, validation selfies) of the training runs of the model
-   versions trained on the subject;
+   versions trained on the subject (and the artifact store's copies of those of a run kept
+   inside its version directory);
 4. **SQL**, one transaction: review decisions on the subject's pairs (deleted; the audit
    row keeps how many of each action), pairs (pending reviews among them), labels,
    identity links at either end, faces; the subject's uploads become ``erased`` with no
@@ -64,8 +66,9 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, or_, sel
 from sqlmodel import SQLModel
 
 from agents.errors import StorageError
+from agents.objects import ObjectStore, artifact_store
 from agents.stages.anonymize import pseudonymize
-from agents.stores.blobs import BlobStore
+from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import for_writing, sql_errors
 from agents.stores.faces import FACES
 from schemas.erasure import ErasureRequest
@@ -236,7 +239,7 @@ class Eraser:
 
     Example::
 
-        eraser = Eraser(engine, client, BlobStore(settings.blob_dir), settings.dataset_dir)
+        eraser = Eraser(engine, client, open_blobs(settings), settings.dataset_dir)
         eraser.erase(pseudonym, request_id="er-1", requested_by="alice",
                      requested_at=datetime.now(UTC)).counts
     """
@@ -250,6 +253,8 @@ class Eraser:
         export_roots: Sequence[Path] = (),
         *,
         via: str = "direct",
+        models_dir: Path | None = None,
+        artifacts: ObjectStore | None = None,
     ) -> None:
         self.engine = engine
         self._writer = for_writing(engine)
@@ -258,6 +263,10 @@ class Eraser:
         self.dataset_dir = dataset_dir
         self.export_roots = tuple(dict.fromkeys([dataset_dir, *export_roots]))
         self.via = via
+        # A run directory inside a version directory (``<version>/run``) was copied to
+        # the artifact store with the version: its sample grids go there too.
+        self.models_dir = models_dir
+        self.artifacts = artifacts
 
     @classmethod
     def from_settings(
@@ -266,10 +275,12 @@ class Eraser:
         return cls(
             engine,
             client,
-            BlobStore(settings.blob_dir),
+            open_blobs(settings),
             settings.dataset_dir,
             settings.dataset.export_roots,
             via=via,
+            models_dir=settings.models_dir,
+            artifacts=artifact_store(settings),
         )
 
     def erase_request(self, request: ErasureRequest, key: bytes) -> ErasureResult:
@@ -407,10 +418,25 @@ class Eraser:
         removed = 0
         for run_dir in sorted(run_dirs):
             samples = Path(run_dir) / SAMPLES
+            stored = self._remove_stored_grids(samples)
             if samples.is_dir():
                 _remove_tree(samples)
                 removed += 1
+            elif stored:
+                removed += 1
         return removed
+
+    def _remove_stored_grids(self, samples: Path) -> bool:
+        """Delete the artifact store's copies of ``samples`` (a run inside a version
+        directory); whether there were any."""
+        if self.artifacts is None or self.models_dir is None:
+            return False
+        if not samples.is_relative_to(self.models_dir):
+            return False
+        keys = self.artifacts.list_keys(samples.relative_to(self.models_dir).as_posix() + "/")
+        for key in keys:
+            self.artifacts.delete(key)
+        return bool(keys)
 
     def _remove_snapshot_folders(self, snapshots: set[str]) -> None:
         for snapshot_id in sorted(snapshots):
@@ -439,7 +465,7 @@ class Eraser:
             for digest in own:
                 self.blobs.delete(digest)
         except OSError as exc:
-            raise StorageError(f"cannot delete a crop under {self.blobs.root}: {exc}") from exc
+            raise StorageError(f"cannot delete a crop under {self.blobs.where}: {exc}") from exc
         return len(own)
 
     def _remove_points(self, pseudonym: str, face_ids: set[str]) -> int:

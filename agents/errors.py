@@ -12,6 +12,8 @@
      │    │                                    stops without committing, so nothing is lost
      │    └── RefVersionMissing (FileNotFoundError)
      │                                         no complete index folder for a library version
+     ├── ObjectMissing (FileNotFoundError)     no blob or artifact under a key of the object
+     │                                         store (a folder or an S3 bucket); names both
      ├── RefInputError (ValueError)            the reference index was handed bad points or a
      │                                         bad filter
      ├── ImportRefused (ValueError)            a pairs CSV has rows that cannot be imported;
@@ -131,7 +133,8 @@ class EmbedderMismatch(PipelineError, ValueError):
 
 
 class StorageError(PipelineError, Transient, RuntimeError):
-    """A store (SQL, Qdrant, blobs) failed; the upload is retried, never rejected for it."""
+    """A store (SQL, Qdrant, blobs, the object store) failed; the upload is retried, never
+    rejected for it."""
 
 
 class RefVersionMissing(StorageError, FileNotFoundError):
@@ -145,6 +148,23 @@ class RefVersionMissing(StorageError, FileNotFoundError):
         )
         self.version = version
         self.folder = folder
+
+
+class ObjectMissing(PipelineError, FileNotFoundError):
+    """The object store (:mod:`agents.objects`) has nothing under a key.
+
+    Not a :class:`StorageError`: the store answered, and asking again finds nothing again;
+    a reader treats it as it treated a missing file (it is a ``FileNotFoundError``).
+
+    Example::
+
+        raise ObjectMissing("ab/cd/abcd....png", "s3://s2a-prod/blobs/")
+    """
+
+    def __init__(self, key: str, where: str) -> None:
+        super().__init__(f"no object {key!r} in {where}")
+        self.key = key
+        self.where = where
 
 
 class RefInputError(PipelineError, ValueError):

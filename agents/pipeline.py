@@ -161,7 +161,7 @@ class IngestPipeline:
         import torch
 
         from agents.stages.detect import build_detector
-        from agents.stores.blobs import BlobStore
+        from agents.stores.blobs import open_blobs
         from agents.stores.db import create_engine_for
         from agents.stores.faces import FaceIndex
         from schemas.migrate import upgrade
@@ -183,7 +183,7 @@ class IngestPipeline:
         # decided on appearance alone, and no face is flagged.
         informative = not embedder.random_init
         store = FaceStore(
-            BlobStore(settings.blob_dir),
+            open_blobs(settings),
             FaceIndex.from_settings(settings, embedder.space),
             repository,
             duplicates=DuplicateRule.from_settings(

@@ -21,7 +21,7 @@ the new space, as ingestion makes them; links of the old space stay.
 
 Example::
 
-    mover = Reembedder(engine, BlobStore(settings.blob_dir), open_client(settings), embedder)
+    mover = Reembedder(engine, open_blobs(settings), open_client(settings), embedder)
     report = mover.run()
     report.moved, report.already        # (120, 0); a second run: (0, 120)
 """

@@ -87,7 +87,7 @@ class FaceStore:
 
     Example::
 
-        store = FaceStore(BlobStore(settings.blob_dir), FaceIndex(client, embedder.space),
+        store = FaceStore(open_blobs(settings), FaceIndex(client, embedder.space),
                           Repository(engine), duplicates=DuplicateRule.from_settings(worker),
                           mismatch_distance=worker.identity_mismatch_distance)
         prepared = prepare_face(aligned)

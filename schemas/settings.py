@@ -43,7 +43,9 @@ class LimitSettings(_Group):
     )
     max_pixels: int = Field(40_000_000, gt=0, description="width x height of the first frame")
     max_frames: int = Field(1, gt=0, description="animated images beyond this are refused")
-    max_side_px: int = Field(12_000, gt=0)
+    max_side_px: int = Field(
+        12_000, gt=0, description="longest image side accepted, px (a decompression-bomb guard)"
+    )
 
     @property
     def max_record_bytes(self) -> int:
@@ -54,7 +56,9 @@ class LimitSettings(_Group):
 class QualitySettings(_Group):
     """Thresholds of the quality stage; every score is stored, these only decide pass/fail."""
 
-    min_detection_prob: float = Field(0.95, ge=0, le=1)
+    min_detection_prob: float = Field(
+        0.95, ge=0, le=1, description="face probability from the detector a face must reach"
+    )
     min_face_px: int = Field(80, gt=0, description="shorter side of the face box, original pixels")
     second_face_ratio: float = Field(
         0.35,
@@ -76,18 +80,40 @@ class QualitySettings(_Group):
         "faces further out than they are (whole faces 5% from it read up to 0.20)",
     )
     min_sharpness: float = Field(40.0, ge=0, description="variance of the Laplacian, face at 128px")
-    min_brightness: float = Field(40.0, ge=0, le=255)
-    max_brightness: float = Field(220.0, ge=0, le=255)
-    max_clipped_fraction: float = Field(0.35, ge=0, le=1)
-    max_yaw_deg: float = Field(35.0, gt=0)
-    max_pitch_deg: float = Field(30.0, gt=0)
-    max_roll_deg: float = Field(45.0, gt=0)
+    min_brightness: float = Field(
+        40.0,
+        ge=0,
+        le=255,
+        description="mean grey level (0-255) of the face box; below: bad_exposure",
+    )
+    max_brightness: float = Field(
+        220.0,
+        ge=0,
+        le=255,
+        description="mean grey level (0-255) of the face box; above: bad_exposure",
+    )
+    max_clipped_fraction: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="share of clipped black or white face pixels; above: bad_exposure",
+    )
+    max_yaw_deg: float = Field(
+        35.0, gt=0, description="largest |yaw|, degrees, from the 5 landmarks"
+    )
+    max_pitch_deg: float = Field(
+        30.0, gt=0, description="largest |pitch|, degrees, from the landmarks"
+    )
+    max_roll_deg: float = Field(45.0, gt=0, description="largest |roll| of the eye line, degrees")
 
 
 class ModelSettings(_Group):
     """Where model weights come from. Nothing is ever downloaded."""
 
-    detector: Literal["mtcnn", "retinaface"] = "mtcnn"
+    detector: Literal["mtcnn", "retinaface"] = Field(
+        "mtcnn",
+        description="mtcnn (weights ship in facenet-pytorch) or retinaface (RETINAFACE_WEIGHTS)",
+    )
     retinaface_weights: Path | None = Field(
         None, description="retinaface.pth for the retina-face PyTorch backend"
     )
@@ -107,16 +133,20 @@ class ModelSettings(_Group):
         description="images are downscaled to this longest side for detection; landmarks are "
         "mapped back to full resolution for alignment",
     )
-    torch_threads: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of this process; unset = torch's default"
+    )
 
 
 class WorkerSettings(_Group):
     """Batching and Kafka consumer behaviour of the Faust worker."""
 
     batch_size: int = Field(16, ge=1, description="uploads detected together")
-    embed_batch_size: int = Field(32, ge=1)
+    embed_batch_size: int = Field(32, ge=1, description="faces embedded together")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
-    topic_partitions: int = Field(4, ge=1)
+    topic_partitions: int = Field(
+        4, ge=1, description="partitions of the topics created here; workers beyond this idle"
+    )
     rebalance_timeout_s: float | None = Field(
         None,
         gt=0,
@@ -207,7 +237,7 @@ class DatasetSettings(_Group):
 
     validation_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects")
     max_per_subject: int = Field(20, ge=1, description="pairs kept per subject and style")
-    seed: int = 0
+    seed: int = Field(0, description="keys the subject split: a new seed gives another split")
     target_coverage: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: {
             "age_band": ("18-29", "30-44", "45-59", "60+"),
@@ -517,6 +547,42 @@ class ServingSettings(_Group):
         return 2 * self.image_limit(limits) + 64 * 1024
 
 
+class StorageSettings(_Group):
+    """Where blobs (aligned crops, reference images) and model version directories live.
+
+    ``local`` (the embedded default) keeps them under ``home`` (``blobs/``, ``models/``).
+    ``s3`` keeps them in an S3-compatible bucket (AWS S3, MinIO, ...) under
+    ``<s3_prefix>/blobs/`` and ``<s3_prefix>/models/<name>/<version>/``; the trainer still
+    builds each version in ``home/models`` and the registry copies it up, and Convert
+    servers fetch a version into ``home/cache/models`` before loading it. Credentials
+    come from boto3's standard chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_PROFILE``, an instance role), never from these settings.
+    """
+
+    backend: Literal["local", "s3"] = Field("local", description="local folder or S3 bucket")
+    s3_endpoint: str | None = Field(
+        None, description="S3 API URL (MinIO, a test server); unset = AWS's own endpoint"
+    )
+    s3_bucket: str | None = Field(None, description="bucket; required with backend s3")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. 'prod/s2a'")
+    s3_region: str | None = Field(None, description="region; unset = boto3's default")
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ConfigError(
+                "storage.backend is s3 but no bucket is set: set S2A_STORAGE__S3_BUCKET "
+                "(or S2A_STORAGE__BACKEND=local)"
+            )
+        endpoint = self.s3_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"S2A_STORAGE__S3_ENDPOINT {endpoint!r} is not a URL; give "
+                "http(s)://host:port (or leave it unset for AWS)"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a process needs, from one place."""
 
@@ -532,12 +598,12 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="host:port[,host:port] of a Kafka cluster; unset = embedded broker"
     )
-    broker_host: str = "127.0.0.1"
+    broker_host: str = Field("127.0.0.1", description="embedded broker listen address")
     broker_port: int = Field(9092, ge=1, le=65535, description="embedded broker port")
-    topic_prefix: str = "s2a."
+    topic_prefix: str = Field("s2a.", description="prefix of every topic and consumer group")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in home")
     qdrant_url: str | None = Field(None, description="Qdrant server; unset = local store in home")
-    qdrant_api_key: SecretStr | None = None
+    qdrant_api_key: SecretStr | None = Field(None, description="API key of the Qdrant server")
     pseudonym_key: SecretStr | None = Field(
         None,
         description="HMAC key for subject pseudonyms (base64 or text); unset = generated once "
@@ -546,7 +612,7 @@ class Settings(BaseSettings):
     uri_roots: tuple[Path, ...] = Field(
         (), description="directories a worker may read file:// upload URIs from"
     )
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="Python logging level of every process")
 
     limits: LimitSettings = LimitSettings()
     quality: QualitySettings = QualitySettings()
@@ -560,6 +626,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     serving: ServingSettings = ServingSettings()
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

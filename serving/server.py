@@ -11,6 +11,12 @@ moment shutdown begins; server reflection lists the Converter, health and reflec
 calls in flight get ``grace_s`` to finish (the batcher keeps running for them), then the
 batcher stops and the model is unloaded.
 
+With S3 storage (``S2A_STORAGE__BACKEND=s3``) versions come from the artifact store: the
+initial model is the newest complete version stored there, and every ``model-updates``
+record (and a Reload whose path is not a directory here) is fetched into
+``home/cache/models/<name>/<version>/`` and checked against its hashes before it loads
+(:func:`serving.version.fetch_version`).
+
 Limits: ``max_receive_message_length`` is twice the image limit (an image a little over
 the limit is answered INVALID_ARGUMENT naming its size; far larger messages are cut by gRPC
 with RESOURCE_EXHAUSTED), ``maximum_concurrent_rpcs`` caps calls in progress, the batcher's
@@ -33,8 +39,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agents.objects import ObjectStore, artifact_store, cache_dir
 from agents.stages.detect import FaceDetector, build_detector
 from schemas.model_updates import ModelUpdate
 from schemas.settings import Settings
@@ -57,7 +65,12 @@ from serving.proto import convert_pb2_grpc as pb_grpc
 from serving.service import Conversion, ConvertServicer
 from serving.swap import LoadedModel, ModelHolder, Swapper
 from serving.updates import KafkaUpdates, UpdateFollower, UpdateSource, consumer_group
-from serving.version import ModelVersion, latest_version
+from serving.version import (
+    ModelVersion,
+    fetch_version,
+    latest_stored_version,
+    latest_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +90,10 @@ class ConvertServer:
         health_servicer: health.HealthServicer,
         metrics: ServingMetrics,
         updates: UpdateSource | None,
+        artifacts: ObjectStore | None = None,
     ) -> None:
         self.settings = settings
+        self.artifacts = artifacts
         self.grpc_server = grpc_server
         self.port = port
         self.holder = holder
@@ -103,17 +118,18 @@ class ConvertServer:
 
     def start(self, *, initial_model: Path | None = None) -> None:
         """Start answering; the initial model (``initial_model``, else
-        ``serving.model_path``, else the newest complete version of the served model) loads
-        in the background while health says NOT_SERVING."""
+        ``serving.model_path``, else the newest complete version of the served model, in
+        ``models_dir`` or the artifact store) loads in the background while health says
+        NOT_SERVING."""
         serving = self.settings.serving
         self.batcher.start()
         self.grpc_server.start()
         if serving.metrics_port is not None:
             self.metrics_port = self.metrics.serve(serving.metrics_port, serving.host)
         path = initial_model or serving.model_path
-        if path is None:
+        if path is None and self.artifacts is None:
             path = latest_version(self.settings.models_dir, self.settings.serving_model_name)
-        if path is None:
+        if path is None and self.artifacts is None:
             log.warning(
                 "no version of %s under %s yet: NOT_SERVING until one is announced or reloaded",
                 self.settings.serving_model_name,
@@ -128,10 +144,13 @@ class ConvertServer:
     def _start_model(self, path: Path | None) -> None:
         """Load the initial model, then follow model-updates: in this order, so that an
         update (a rollback, say) is never overtaken by the initial load."""
+        stored = False
+        if path is None and self.artifacts is not None:
+            path, stored = self._latest_stored(self.artifacts), True
         if path is not None:
             # A failure is logged and counted by the swapper; the server waits for an update.
             with contextlib.suppress(ModelLoadError):
-                self.reload(path)
+                self.reload(path, stored=stored)
         if self.follower is not None and not self._stopped.is_set():
             self.follower.start()
 
@@ -142,17 +161,65 @@ class ConvertServer:
         name: str | None = None,
         version: int | None = None,
         artifacts: dict[str, str] | None = None,
+        stored: bool = False,
     ) -> tuple[LoadedModel, bool]:
-        """Swap to the version at ``path`` (see :class:`~serving.swap.Swapper`)."""
+        """Swap to the version at ``path`` (see :class:`~serving.swap.Swapper`).
+
+        With an artifact store, the version is fetched from it first when ``stored`` is
+        set or ``path`` is not a directory here; ``name`` and ``version`` default to the
+        path's last two parts (``.../<name>/<version>``)."""
         if self._stopped.is_set():
             raise ModelLoadError("the server is shutting down; nothing is loaded any more")
-        return self.swapper.load(path, name=name, version=version, artifacts=artifacts)
+        fetch = None
+        if self.artifacts is not None and (stored or not path.is_dir()):
+            fetch = partial(self._fetch, self.artifacts, path, name, version, artifacts)
+        return self.swapper.load(path, name=name, version=version, artifacts=artifacts, fetch=fetch)
 
     def apply_update(self, update: ModelUpdate) -> None:
-        """A ``model-updates`` record: swap to its version, checking its artifacts."""
+        """A ``model-updates`` record: swap to its version, checking its artifacts (its
+        ``path`` is the trainer's: with an artifact store the version is fetched)."""
         self.reload(
-            Path(update.path), name=update.name, version=update.version, artifacts=update.artifacts
+            Path(update.path),
+            name=update.name,
+            version=update.version,
+            artifacts=update.artifacts,
+            stored=True,
         )
+
+    def _fetch(
+        self,
+        objects: ObjectStore,
+        path: Path,
+        name: str | None,
+        version: int | None,
+        artifacts: Mapping[str, str] | None,
+    ) -> Path:
+        name = name or path.parent.name
+        if version is None:
+            if not path.name.isdigit():
+                raise ModelLoadError(
+                    f"cannot tell the version number of {path}: its name is not a number; "
+                    "pass the version explicitly (Reload's version field)"
+                )
+            version = int(path.name)
+        return fetch_version(objects, name, version, cache_dir(self.settings, "models"), artifacts)
+
+    def _latest_stored(self, objects: ObjectStore) -> Path | None:
+        """Where the newest complete version in the artifact store goes (None: none)."""
+        name = self.settings.serving_model_name
+        try:
+            version = latest_stored_version(objects, name)
+        except ModelLoadError as exc:
+            log.error("cannot find a version of %s to start with: %s", name, exc)
+            return None
+        if version is None:
+            log.warning(
+                "no version of %s in %s yet: NOT_SERVING until one is announced or reloaded",
+                name,
+                objects.where,
+            )
+            return None
+        return cache_dir(self.settings, "models") / name / str(version)
 
     def _on_change(self, model: LoadedModel) -> None:
         if not self._stopped.is_set():
@@ -311,6 +378,7 @@ def create_server(
         health_servicer=health_servicer,
         metrics=metrics,
         updates=source,
+        artifacts=artifact_store(settings),
     )
     swapper.on_change = server._on_change
     servicer.reloader = server.reload

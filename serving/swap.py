@@ -6,6 +6,7 @@ at any moment and still know when the old model is no longer in use.
 
 :meth:`Swapper.load` is the whole swap, one at a time::
 
+    fetch (S3 storage only)         the version from the artifact store into the cache
     read the version directory      export.json (and config.json)
     verify every hash               export.json's files + the update's artifacts
     load and warm up beside         a second engine; the old one keeps answering
@@ -141,13 +142,20 @@ class Swapper:
         name: str | None = None,
         version: int | None = None,
         artifacts: Mapping[str, str] | None = None,
+        fetch: Callable[[], Path] | None = None,
     ) -> tuple[LoadedModel, bool]:
         """Swap to the version at ``path``; returns the serving model and whether it
         changed (False: that version already serves). Raises :class:`ModelLoadError`
-        (the old model keeps serving)."""
+        (the old model keeps serving).
+
+        ``fetch``: brings the version from the artifact store first and returns the local
+        directory to load (:func:`serving.version.fetch_version`, bound by the server);
+        its failure counts as a failed swap like any other."""
         with self._one_at_a_time:
             began = time.perf_counter()
             try:
+                if fetch is not None:
+                    path = fetch()
                 info = read_version(path, name, version)
                 current = self.holder.current
                 if current is not None and _same(current.version, info):

@@ -15,6 +15,12 @@ and any others a ``model-updates`` record (or a Reload call) announces, before a
 byte of a model is loaded. Serving never imports ``trainer.export``: this module reads the
 file contract alone.
 
+With S3 storage (``S2A_STORAGE__BACKEND=s3``) the registry keeps each version under
+``<name>/<version>/`` of the artifact store (:mod:`agents.objects`), and
+:func:`fetch_version` copies it into this machine's cache (``home/cache/models``) and
+checks every hash before the swapper reads it; :func:`latest_stored_version` is
+:func:`latest_version` for the store.
+
 Example::
 
     version = read_version(Path("/srv/s2a/models/converter/7"))
@@ -24,12 +30,18 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from agents.errors import PipelineError
+from agents.objects import ObjectStore
 from schemas.digests import sha256_file
 from serving.errors import ArtifactMismatch, ModelLoadError
 
@@ -164,6 +176,97 @@ def latest_version(models_dir: Path, name: str) -> Path | None:
         if child.name.isdigit() and (child / EXPORT_JSON).is_file()
     ]
     return max(numbered)[1] if numbered else None
+
+
+def latest_stored_version(objects: ObjectStore, name: str) -> int | None:
+    """The highest version number of ``name`` with an export.json in the artifact store
+    (uploaded last, so its files are all there), or None."""
+    try:
+        keys = objects.list_keys(f"{name}/")
+    except PipelineError as exc:
+        raise ModelLoadError(
+            f"cannot list the versions of {name} in {objects.where}: {exc}"
+        ) from exc
+    numbers = [
+        int(parts[1])
+        for parts in (key.split("/") for key in keys)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2] == EXPORT_JSON
+    ]
+    return max(numbers, default=None)
+
+
+def fetch_version(
+    objects: ObjectStore,
+    name: str,
+    version: int,
+    cache: Path,
+    expected: Mapping[str, str] | None = None,
+) -> Path:
+    """Version ``version`` of ``name`` from the artifact store, as the local directory
+    ``cache/<name>/<version>/`` (for :func:`read_version`).
+
+    Every file under ``<name>/<version>/`` is downloaded into a hidden folder beside it,
+    and the hashes export.json lists, with those of ``expected`` (a ``ModelUpdate``'s
+    ``artifacts``), are checked there before it takes the directory's place: a copy that
+    does not match never becomes loadable. A directory fetched before is reused when its
+    files are the stored ones and still hash right.
+
+    Raises :class:`ArtifactMismatch` naming the stored file whose bytes differ, and
+    :class:`ModelLoadError` when the store cannot be read, holds no such version, or lacks
+    a file listed with its hash.
+    """
+    prefix = f"{name}/{version}/"
+    try:
+        stored = [key[len(prefix) :] for key in objects.list_keys(prefix)]
+    except PipelineError as exc:
+        raise ModelLoadError(f"cannot list {name} v{version} in {objects.where}: {exc}") from exc
+    if not stored:
+        raise ModelLoadError(
+            f"{name} v{version} is not in {objects.where}{prefix}: it was never registered "
+            "with this store, or was deleted; check S2A_STORAGE__* on the trainer and here"
+        )
+    target = cache / name / str(version)
+    if target.is_dir():
+        with contextlib.suppress(ModelLoadError):
+            if sorted(_files(target)) == sorted(stored):
+                _check(target, name, version, expected, f"{target}/")
+                return target
+    staging = target.with_name(f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        for relative in stored:
+            objects.get_file(prefix + relative, staging / relative)
+        _check(staging, name, version, expected, f"{objects.where}{prefix}")
+        if target.is_dir():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except PipelineError as exc:
+        raise ModelLoadError(
+            f"cannot fetch {name} v{version} from {objects.where}{prefix}: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"cannot copy {name} v{version} into {target}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _files(folder: Path) -> list[str]:
+    return [
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
+
+
+def _check(
+    folder: Path, name: str, version: int, expected: Mapping[str, str] | None, where: str
+) -> None:
+    """:func:`verify` on a fetched copy, its messages naming the file as ``where`` has it."""
+    try:
+        verify(read_version(folder, name, version), expected)
+    except ModelLoadError as exc:
+        raise type(exc)(str(exc).replace(f"{folder}/", where).replace(str(folder), where)) from None
 
 
 def _read_json(path: Path, *, required: bool) -> dict[str, Any]:

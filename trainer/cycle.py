@@ -45,7 +45,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 
 from agents.stages.embed import Embedder, build_embedder
-from agents.stores.blobs import BlobStore
+from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import create_engine_for
 from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.settings import Settings
@@ -153,7 +153,7 @@ def _cycle(
     actor: str,
 ) -> CycleResult:
     name = settings.train.model_name
-    registry = Registry(engine, settings.models_dir)
+    registry = Registry.from_settings(settings, engine)
     champion = registry.alias(name, CHAMPION)
     previous = None if champion is None else champion.version
     family_name = settings.train.family
@@ -210,7 +210,7 @@ def _cycle(
         # weights is what the export step overwrites.
         source = run_dir if mode == "base" else base_dir
         config["export"] = export(
-            source, adapter, version_dir, manifest, BlobStore(settings.blob_dir), config
+            source, adapter, version_dir, manifest, open_blobs(settings), config
         )
         registry.update(
             name,
@@ -273,7 +273,7 @@ def gate_version(
     if champion is not None and champion.version == version:
         champion = None
     manifest = read_manifest(settings.dataset_dir, row.snapshot_id)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blobs(settings)
     records = manifest.split("validation")
     if not records:
         raise EvaluationError(

@@ -5,8 +5,9 @@
      │                                     says why (no approved pair, a changed blob, a
      │                                     manifest that does not hash to its name)
      ├── StorageError (RuntimeError) [retry]
-     │                                     the database failed while reading or recording
-     │                                     a snapshot; nothing half-written is kept
+     │                                     the database (or the artifact store) failed while
+     │                                     reading or recording a snapshot or a version;
+     │                                     nothing half-written is kept
      ├── NotEnoughLabels (ValueError)      no label has enough reviewed faces for a head
      ├── TrainingConfigError (ValueError)  training flags that do not fit together, or a
      │                                     base model, adapter or weights file that is
@@ -50,7 +51,8 @@ class DatasetError(TrainerError):
 
 
 class StorageError(TrainerError, Transient, RuntimeError):
-    """The database failed under a dataset operation; the message says which one."""
+    """The database or the artifact store failed under a dataset or registry operation;
+    the message says which one."""
 
 
 class NotEnoughLabels(TrainerError, ValueError):

@@ -13,6 +13,12 @@ In SQL (tables in :mod:`schemas.tables`, migration 0005)::
 On disk, each version owns the numbered directory ``models_dir/<name>/<version>/``
 (adapter, merged weights, ``config.json``, and what the export step adds: ``model.onnx``,
 ...); the registry creates it when it registers the version and never reuses a number.
+With an artifact store (``S2A_STORAGE__BACKEND=s3``, :func:`agents.objects.artifact_store`)
+an update that records a version's ``artifacts`` (``relative path -> SHA-256``, from
+:func:`hash_tree`) first copies those files to ``<name>/<version>/...`` there,
+``export.json`` last and stale keys removed, so a server that sees ``export.json`` finds
+every file it lists; Convert servers fetch versions from there
+(:func:`serving.version.fetch_version`). With the local backend nothing is copied.
 
 Moving an alias is one transaction that also writes its audit row; ``expect`` makes it a
 compare-and-set, so a gate that evaluated against champion 3 cannot overwrite a champion
@@ -22,7 +28,7 @@ two rollbacks in a row go back two champions rather than swapping the last two.
 
 Example::
 
-    registry = Registry(engine, settings.models_dir)
+    registry = Registry.from_settings(settings, engine)
     row = registry.register("converter", family="pix2pix-lora", snapshot_id=sid,
                             parent_version=None, config={}, subjects=["p-1", "p-2"],
                             runs_dir=settings.train_dir, trigger="manual")
@@ -44,9 +50,12 @@ from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
+from agents.errors import StorageError as AgentsStorageError
+from agents.objects import ObjectStore, artifact_store
 from agents.stores.db import for_writing, sql_errors
 from schemas.digests import sha256_file
 from schemas.model_updates import VersionStatus
+from schemas.settings import Settings
 from schemas.tables import AliasMove, ModelAlias, ModelVersion, VersionSubject
 from trainer.errors import RegistryError, StorageError
 
@@ -60,6 +69,9 @@ _VERSIONS: Table = SQLModel.metadata.tables[ModelVersion.__tablename__]
 _ALIASES: Table = SQLModel.metadata.tables[ModelAlias.__tablename__]
 _MOVES: Table = SQLModel.metadata.tables[AliasMove.__tablename__]
 _SUBJECTS: Table = SQLModel.metadata.tables[VersionSubject.__tablename__]
+
+#: Written last by the export step, uploaded last here: a version is complete once it exists.
+EXPORT_JSON = "export.json"
 
 #: Attempts at taking the next version number when another process took it first.
 _INSERT_ATTEMPTS = 3
@@ -116,12 +128,22 @@ def version_dict(row: ModelVersion) -> dict[str, Any]:
 class Registry:
     """Model versions and aliases in SQL, version directories under ``models_dir``.
 
-    ``engine`` is a SQLAlchemy engine on a migrated database (``schemas.migrate.upgrade``).
+    ``engine`` is a SQLAlchemy engine on a migrated database (``schemas.migrate.upgrade``);
+    ``artifacts``: where version directories are copied (None: they stay on this disk).
     """
 
-    def __init__(self, engine: Engine, models_dir: Path) -> None:
+    def __init__(
+        self, engine: Engine, models_dir: Path, artifacts: ObjectStore | None = None
+    ) -> None:
         self.engine = engine
         self.models_dir = models_dir
+        self.artifacts = artifacts
+
+    @classmethod
+    def from_settings(cls, settings: Settings, engine: Engine) -> Registry:
+        """The registry of ``settings.models_dir``, copying versions to the artifact store
+        the storage settings name (none with the local backend)."""
+        return cls(engine, settings.models_dir, artifact_store(settings))
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.models_dir / name / str(version)
@@ -215,7 +237,13 @@ class Registry:
         metrics: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str] | None = None,
     ) -> ModelVersion:
-        """Set the given fields of a version (None leaves a field as it is)."""
+        """Set the given fields of a version (None leaves a field as it is).
+
+        With an artifact store, the files of ``artifacts`` are copied there first (see the
+        module docstring); :class:`StorageError` when that fails, and nothing is recorded.
+        """
+        if artifacts is not None and self.artifacts is not None:
+            self.upload(name, version, artifacts)
         values: dict[str, Any] = {"updated_at": datetime.now(UTC)}
         if status is not None:
             values["status"] = VersionStatus(status).value
@@ -230,6 +258,33 @@ class Registry:
         if changed.rowcount != 1:
             raise self._unknown(name, version)
         return self.get(name, version)
+
+    def upload(self, name: str, version: int, artifacts: Mapping[str, str]) -> None:
+        """Copy the files ``artifacts`` lists (relative to the version directory) to
+        ``<name>/<version>/`` of the artifact store, ``export.json`` last, and delete the
+        store's other keys of the version (a re-export's leftovers)."""
+        if self.artifacts is None:
+            return
+        folder = self.version_dir(name, version)
+        prefix = f"{name}/{version}/"
+        # export.json marks a complete version to servers: it goes up after every file.
+        order = sorted(artifacts, key=lambda rel: (rel == EXPORT_JSON, rel))
+        try:
+            for relative in order:
+                source = folder / relative
+                if not source.is_file():
+                    raise StorageError(
+                        f"{name} v{version}: {source} is listed among its artifacts but is "
+                        "not a file; hash the version directory again (hash_tree)"
+                    )
+                self.artifacts.put_file(prefix + relative, source)
+            for key in self.artifacts.list_keys(prefix):
+                if key[len(prefix) :] not in artifacts:
+                    self.artifacts.delete(key)
+        except AgentsStorageError as exc:
+            raise StorageError(
+                f"cannot copy {name} v{version} to the artifact store: {exc}"
+            ) from exc
 
     def get(self, name: str, version: int) -> ModelVersion:
         """The version ``version`` of ``name``; :class:`RegistryError` lists the known ones."""

@@ -31,7 +31,7 @@ as the exports do.
 Example::
 
     manifest = read_manifest(settings.dataset_dir, "ds-3f2a9c0d1e2b4a5f")
-    train = PairDataset(manifest.split("train"), BlobStore(settings.blob_dir), 128)
+    train = PairDataset(manifest.split("train"), open_blobs(settings), 128)
     sampler = DrawSampler(sampling_weights(train.records), total=1000, seed=0)
     loader = DataLoader(train, batch_size=4, sampler=sampler)
     next(iter(loader))["selfie"].shape      # torch.Size([4, 3, 128, 128])
@@ -212,7 +212,7 @@ class PairDataset(Dataset[PairSample]):
             data = self.blobs.read(digest)
         except FileNotFoundError:
             raise DatasetError(
-                f"{what}: blob {digest} is missing from {self.blobs.root}; "
+                f"{what}: blob {digest} is missing from {self.blobs.where}; "
                 "restore the blob store or snapshot again without the pair"
             ) from None
         except OSError as exc:

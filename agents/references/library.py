@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import fcntl
+import io
 import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -83,7 +84,7 @@ from agents.references.inputs import (
 )
 from agents.references.overrides import StatusChange, check_by, check_reason
 from agents.stages.imageio import encode_png, image_files
-from agents.stores.blobs import BlobStore
+from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import create_engine_for
 from schemas.labels import LabelSource
 from schemas.reasons import RefReason, RefStatus
@@ -139,7 +140,7 @@ class RefLibrary:
     ) -> None:
         self.settings = settings
         self.catalog = Catalog(engine or create_engine_for(settings.sql_url))
-        self.blobs = blobs or BlobStore(settings.blob_dir)
+        self.blobs = blobs or open_blobs(settings)
         self._embedder = embedder
         self._detector = detector
 
@@ -431,12 +432,13 @@ class RefLibrary:
         return crop(self._original_pixels(digest), box)
 
     def _original_pixels(self, digest: str) -> RGBImage:
-        path = self.blobs.path(digest)
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(self.blobs.read(digest))) as image:
                 return np.asarray(image.convert("RGB"), dtype=np.uint8)
         except OSError as exc:
-            raise StorageError(f"cannot read reference blob {digest} at {path}: {exc}") from exc
+            raise StorageError(
+                f"cannot read reference blob {digest} in {self.blobs.where}: {exc}"
+            ) from exc
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

@@ -60,7 +60,7 @@ from agents.errors import Conflict, InvalidDecision, NotFound, Refused, ReviewEr
 from agents.review import checks
 from agents.review.accounts import ReviewerAccounts
 from agents.review.store import ReviewStore
-from agents.stores.blobs import BlobStore
+from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import create_engine_for
 from schemas.settings import Settings
 from schemas.tables import Pair
@@ -439,7 +439,7 @@ class ReviewServer:
         self._app = ReviewApp(
             ReviewStore(self._engine, settings.pairing.min_model_confidence),
             ReviewerAccounts(self._engine, hasher),
-            BlobStore(settings.blob_dir),
+            open_blobs(settings),
             include_unmatched=include_unmatched,
             on_decision=on_decision,
             session_hours=settings.review.session_hours,

@@ -157,14 +157,14 @@ def export(
     as_json: bool,
 ) -> None:
     """Write SNAPSHOT's pairs where training tools read them, with their licenses."""
-    from agents.stores.blobs import BlobStore
+    from agents.stores.blobs import open_blobs
     from trainer.dataset import export_snapshot
 
     settings = settings_of(ctx)
     manifest = _manifest(settings, snapshot_ref)
     result = export_snapshot(
         manifest,
-        BlobStore(settings.blob_dir),
+        open_blobs(settings),
         out,
         fmt,
         size=int(size),
@@ -192,7 +192,7 @@ def report(ctx: click.Context, snapshot_ref: str, out: Path | None, as_json: boo
     the pairs as thumbnails and the library's quarantined references (read from the database).
     """
     from agents.references.catalog import Catalog
-    from agents.stores.blobs import BlobStore
+    from agents.stores.blobs import open_blobs
     from trainer.dataset import write_report
     from trainer.dataset.report import REPORT_NAME
 
@@ -203,7 +203,7 @@ def report(ctx: click.Context, snapshot_ref: str, out: Path | None, as_json: boo
     path = write_report(
         manifest,
         out or settings.dataset_dir / manifest.snapshot_id / REPORT_NAME,
-        blobs=BlobStore(settings.blob_dir),
+        blobs=open_blobs(settings),
         quarantined=quarantined,
     )
     if as_json:

@@ -44,7 +44,7 @@ def reembed(ctx: click.Context, kind: str | None, as_json: bool) -> None:
     """
     from agents.reembed import Reembedder
     from agents.stages.embed import build_embedder
-    from agents.stores.blobs import BlobStore
+    from agents.stores.blobs import open_blobs
     from agents.stores.db import create_engine_for
     from schemas.migrate import upgrade
 
@@ -55,7 +55,7 @@ def reembed(ctx: click.Context, kind: str | None, as_json: bool) -> None:
     with face_client(settings) as client:
         mover = Reembedder(
             create_engine_for(settings.sql_url),
-            BlobStore(settings.blob_dir),
+            open_blobs(settings),
             client,
             embedder,
             payload_index=bool(settings.qdrant_url),

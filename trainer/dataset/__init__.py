@@ -14,7 +14,7 @@ Example::
 
     result = create_snapshot(create_engine_for(settings.sql_url), settings)
     manifest = read_manifest(settings.dataset_dir, result.snapshot_id)
-    export_snapshot(manifest, BlobStore(settings.blob_dir), Path("out"), "webdataset")
+    export_snapshot(manifest, open_blobs(settings), Path("out"), "webdataset")
 """
 
 from trainer.dataset.export import ExportFormat, ExportResult, export_snapshot, licenses_markdown

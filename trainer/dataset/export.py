@@ -37,7 +37,7 @@ tar members in manifest order, tar headers with a fixed mtime, owner and mode.
 Example::
 
     manifest = read_manifest(settings.dataset_dir, "ds-3f2a9c0d1e2b4a5f")
-    export_snapshot(manifest, BlobStore(settings.blob_dir), Path("out/ds"), "imagefolder")
+    export_snapshot(manifest, open_blobs(settings), Path("out/ds"), "imagefolder")
     datasets.load_dataset("imagefolder", data_dir="out/ds")["train"][0]["selfie"]
 """
 
@@ -193,7 +193,7 @@ class _Blobs:
             data = self.store.read(digest)
         except FileNotFoundError:
             raise DatasetError(
-                f"{what}: blob {digest} is missing from {self.store.root}; "
+                f"{what}: blob {digest} is missing from {self.store.where}; "
                 "restore the blob store or snapshot again without the pair"
             ) from None
         except OSError as exc:

@@ -19,7 +19,7 @@ Example::
     path = write_report(
         manifest,
         settings.dataset_dir / snapshot_id / "report.html",
-        blobs=BlobStore(settings.blob_dir),
+        blobs=open_blobs(settings),
         quarantined=quarantined,
     )
 """

@@ -9,7 +9,7 @@ instead, counted at the top of the sheets, and logged.
 
 Example::
 
-    thumbs = Thumbnails(BlobStore(settings.blob_dir), size=112)
+    thumbs = Thumbnails(open_blobs(settings), size=112)
     html = pair_sheets(manifest, thumbs, limit=60)
     thumbs.problems  # what could not be shown, and why
 """

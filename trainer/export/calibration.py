@@ -9,7 +9,7 @@ stylisation, exactly as training and serving do (``pix2pix_lora.model.prepare``)
 Example::
 
     manifest = read_manifest(settings.dataset_dir, "ds-3f2a9c0d1e2b4a5f")
-    crops = snapshot_calibration(manifest, BlobStore(settings.blob_dir), count=16)
+    crops = snapshot_calibration(manifest, open_blobs(settings), count=16)
     selfie, base = generator_inputs(crops, resolution=256)   # (16, 3, 256, 256) float32 each
 """
 

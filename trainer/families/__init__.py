@@ -103,12 +103,14 @@ def script_argv(
     What ``s2a train`` and the retrain cycle both pass to ``main(parse_args(argv))``."""
     from trainer.dataset.snapshot import manifest_path
 
+    manifest = manifest_path(settings.dataset_dir, snapshot_id)
+    replay = (options or {}).get("--replay-manifest")
     argv = [
         mode,
         "--manifest",
-        str(manifest_path(settings.dataset_dir, snapshot_id)),
+        str(manifest),
         "--blob-dir",
-        str(settings.blob_dir),
+        str(_blob_dir(settings, [manifest] + ([Path(str(replay))] if replay else []))),
         "--out",
         str(run_dir),
     ]
@@ -118,3 +120,20 @@ def script_argv(
     if settings.models.torch_threads:
         argv += ["--threads", str(settings.models.torch_threads)]
     return argv
+
+
+def _blob_dir(settings: Settings, manifests: Sequence[Path]) -> Path:
+    """A run's ``--blob-dir``: ``home/blobs`` with local storage; with S3 storage, the
+    local copy (``home/cache/blobs``) of the blobs the pairs of ``manifests`` train on,
+    downloaded now: training scripts read files."""
+    from agents.stores.blobs import open_blobs
+    from trainer.dataset.snapshot import read_manifest
+
+    blobs = open_blobs(settings)
+    if blobs.local:
+        return blobs.root
+    digests: set[str] = set()
+    for path in manifests:
+        for record in read_manifest(path.parent.parent, path.parent.name).records:
+            digests |= {record.selfie.crop_256, record.selfie.crop_512, record.anime.training}
+    return blobs.stage(digests)
