@@ -4,6 +4,7 @@
      ├── BrokerError (RuntimeError) [retry]   the embedded broker cannot start, or no broker
      │                                        answers
      ├── WaitTimeout (TimeoutError) [retry]   a bounded wait ended before its condition held
+     ├── ChildExited (RuntimeError)           a process we started (``s2a serve``…) exited
      └── UsageError (ValueError)              a command line asks for something impossible
 
 ``[retry]`` errors also subclass :class:`~schemas.errors.Transient`: the same call may
@@ -25,6 +26,11 @@ class BrokerError(InfraError, Transient, RuntimeError):
 
 class WaitTimeout(InfraError, Transient, TimeoutError):
     """The condition did not hold before the deadline."""
+
+
+class ChildExited(InfraError, RuntimeError):
+    """A child process this package started and waits on has exited; the message ends with
+    the tail of its log."""
 
 
 class UsageError(InfraError, ValueError):

@@ -10,6 +10,11 @@ from datetime import datetime
 from enum import Enum
 from typing import IO, Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -26,38 +31,53 @@ def emit_json(value: Any, *, stream: IO[str] | None = None) -> None:
 
 
 def emit_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [len(h) for h in header]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True))
-    sys.stdout.write(line.rstrip() + "\n")
-    for row in cells:
-        sys.stdout.write(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
+    """Print ``rows`` under an upper-case ``header`` on stdout (``rich``): fitted to a
+    terminal's width; on a pipe one unwrapped line per row, columns separated by spaces,
+    so ``cut``/``awk`` and line-based readers still work (scripts should prefer ``--json``)."""
+    terminal = Console()
+    console = terminal if terminal.is_terminal else Console(width=100_000, no_color=True)
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for name in header:
+        table.add_column(name.upper(), no_wrap=not console.is_terminal, overflow="fold")
+    for row in rows:
+        table.add_row(*(("" if v is None else str(v)) for v in row))
+    console.print(table, soft_wrap=not console.is_terminal, highlight=False, markup=False)
 
 
 class Progress:
-    """``label 3/10`` redrawn in place on a terminal; silent when stderr is piped."""
+    """A progress bar (``rich``) on stderr on a terminal; silent when stderr is piped.
 
-    def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
-        self.label = label
+    Example::
+
+        progress = Progress("published", len(files))
+        for file in files:
+            ...
+            progress.advance()
+        progress.close()
+    """
+
+    def __init__(self, label: str, total: int) -> None:
+        console = Console(stderr=True)
         self.total = total
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
         self.done = 0
+        self._bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=False,
+        )
+        self._task = self._bar.add_task(label, total=total)
+        self._bar.start()
 
     def advance(self, n: int = 1) -> None:
         self.update(self.done + n)
 
     def update(self, done: int) -> None:
         self.done = done
-        if self.enabled:
-            self.stream.write(f"\r{self.label} {self.done}/{self.total}")
-            self.stream.flush()
+        self._bar.update(self._task, completed=done)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.stop()

@@ -25,6 +25,7 @@ from infra.cli.reviewers import reviewers
 from infra.cli.run import broker, demo, up, worker
 from infra.cli.scheduler import scheduler
 from infra.cli.serve import convert, serve
+from infra.cli.settings import settings_
 from infra.cli.train import train
 from infra.cli.uploads import publish, status, uploads
 from infra.errors import InfraError
@@ -81,6 +82,7 @@ for _verb in (
     erase,
     serve,
     convert,
+    settings_,
 ):
     cli.add_command(_verb)
 

@@ -21,7 +21,6 @@ never seen); 1 with a one-line reason otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import sys
 from datetime import UTC, datetime
@@ -139,35 +138,14 @@ def _here(settings: Settings, request: ErasureRequest, client: Any) -> dict[str,
 
 
 def _through_worker(settings: Settings, request: ErasureRequest, timeout: float) -> dict[str, Any]:
-    from agents.erasure import ErasureResult, find_audit
-    from agents.stores.db import create_engine_for
+    from infra.erasing import erase_through_worker
     from infra.errors import WaitTimeout
-    from infra.kafka import RecordPublisher, ensure_topics
-    from infra.waiting import wait_until
-    from schemas.migrate import upgrade
-
-    upgrade(settings.sql_url)
-    ensure_topics(settings, [TOPIC])
-    with RecordPublisher(settings, TOPIC, client_id="s2a-erase") as publisher:
-        publisher.publish_raw(request.key(), request.to_bytes())
-    engine = create_engine_for(settings.sql_url)
-    found: list[ErasureResult] = []
-
-    def recorded() -> bool:
-        result = find_audit(engine, request.request_id)
-        if result is not None:
-            found.append(result)
-        return result is not None
 
     try:
-        wait_until(recorded, deadline_s=timeout, what="the worker", poll_s=0.5)
+        return erase_through_worker(settings, request, timeout).as_dict()
     except WaitTimeout:
         raise click.ClickException(
             f"erasure request {request.request_id} was sent to {settings.topic(TOPIC)}, but "
             f"no worker recorded it within {timeout:.0f}s; it stays on the topic and runs "
             "when a worker reads it (start one: s2a up), or stop the worker and use --direct"
         ) from None
-    finally:
-        engine.dispose()
-    # Fresh request id: the worker's row is this request's first answer.
-    return dataclasses.replace(found[0], already=False).as_dict()

@@ -8,7 +8,7 @@ import signal
 import click
 
 from infra.cli.kit import settings_of
-from infra.output import emit_json, emit_table
+from infra.output import emit_json
 
 
 def _stop_on_sigterm() -> None:
@@ -65,16 +65,32 @@ def up(ctx: click.Context) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="the outcome of each sample upload as JSON")
+@click.option("--json", "as_json", is_flag=True, help="everything the demo did, as JSON on stdout")
+@click.option(
+    "--base-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="training steps of the base model (default: the demo's CPU-sized 40)",
+)
+@click.option(
+    "--lora-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="training steps of the LoRA update (default 20)",
+)
 @click.pass_context
-def demo(ctx: click.Context, as_json: bool) -> None:
-    """Run the ingestion end to end on bundled sample selfies and show what became of each."""
-    from infra.demo import run_demo
+def demo(ctx: click.Context, as_json: bool, base_steps: int | None, lora_steps: int | None) -> None:
+    """Run the whole product once on bundled samples, under a fresh S2A_HOME/demo: ingest,
+    review, snapshot, train a base and a LoRA update through the gate, serve and hot-swap
+    under load, convert held-out selfies, erase a subject; then write one HTML report."""
+    from infra.demo.run import BASE_STEPS, LORA_STEPS, run_demo
 
-    report = run_demo(settings_of(ctx))
+    result = run_demo(
+        settings_of(ctx), base_steps=base_steps or BASE_STEPS, lora_steps=lora_steps or LORA_STEPS
+    )
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(result.as_dict())
         return
-    emit_table(report.rows(), ("sample", "upload", "state", "reason", "stage", "detail"))
-    click.echo("")
-    click.echo(report.summary())
+    click.echo(result.summary())
+    if problems := result.problems():
+        raise click.ClickException("the demo did not go as expected: " + "; ".join(problems))
