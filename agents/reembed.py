@@ -48,7 +48,14 @@ from agents.stages.imageio import decode_crop
 from agents.stages.prepare import appearance_signature
 from agents.stores.blobs import BlobStore
 from agents.stores.db import sql_errors
-from agents.stores.faces import APPEARANCE_VECTOR, FACE_VECTOR, FACES, FaceIndex, faces_collection
+from agents.stores.faces import (
+    APPEARANCE_VECTOR,
+    FACE_VECTOR,
+    FACES,
+    FaceIndex,
+    faces_collection,
+    qdrant_errors,
+)
 from schemas.tables import Face, IdentityLink
 
 log = logging.getLogger(__name__)
@@ -282,12 +289,10 @@ class Reembedder:
 def _appearance(
     client: QdrantClient, collection: str, ids: list[str]
 ) -> dict[str, npt.NDArray[np.float32]]:
-    try:
+    with qdrant_errors(f"read Qdrant collection {collection!r}"):
         if not client.collection_exists(collection):
             return {}
         points = client.retrieve(collection, ids=ids, with_vectors=[APPEARANCE_VECTOR])
-    except Exception as exc:
-        raise StorageError(f"cannot read Qdrant collection {collection!r}: {exc}") from exc
     out = {}
     for point in points:
         vector = point.vector.get(APPEARANCE_VECTOR) if isinstance(point.vector, dict) else None

@@ -9,14 +9,15 @@ subject pseudonym, never a raw id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
-from agents.errors import StorageError
+from agents.errors import PipelineError, StorageError
 from agents.records import EmbeddingSpace, slug_of
 from schemas.settings import Settings
 
@@ -28,6 +29,23 @@ embedders were told apart (512-d InceptionResnetV1 vectors)."""
 FACE_VECTOR = "face"
 APPEARANCE_VECTOR = "appearance"
 APPEARANCE_DIM = 256
+
+
+@contextmanager
+def qdrant_errors(what: str) -> Iterator[None]:
+    """Turn whatever qdrant-client raises into a :class:`StorageError` naming ``what``.
+
+    The catch-all is deliberate: qdrant-client raises unrelated types with no common base
+    (``UnexpectedResponse``, ``ResponseHandlingException``, ``grpc.RpcError``, httpx errors,
+    and ``ValueError``/``RuntimeError`` from the local store). The project's own errors
+    pass through unchanged.
+    """
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"cannot {what}: {exc}") from exc
 
 
 def faces_collection(space: EmbeddingSpace | str) -> str:
@@ -74,18 +92,16 @@ class FaceIndex:
         """The existing collection of the embedder named ``embedder`` (as ``faces.embedder``
         records it), its dim read from the collection; None when it has none."""
         collection = faces_collection(embedder)
-        try:
+        with qdrant_errors(f"read Qdrant collection {collection!r}"):
             if not client.collection_exists(collection):
                 return None
             dim = _stored_dim(client, collection)
-        except Exception as exc:
-            raise StorageError(f"cannot read Qdrant collection {collection!r}: {exc}") from exc
         if dim is None:
             raise StorageError(f"Qdrant collection {collection!r} has no {FACE_VECTOR!r} vector")
         return cls(client, EmbeddingSpace(embedder, dim))
 
     def _ensure_collection(self, payload_index: bool) -> None:
-        try:
+        with qdrant_errors(f"prepare Qdrant collection {self.collection!r}"):
             if self.client.collection_exists(self.collection):
                 found = _stored_dim(self.client, self.collection)
                 if found == self.space.dim:
@@ -111,12 +127,6 @@ class FaceIndex:
                 self.client.create_payload_index(
                     self.collection, "subject", field_schema=models.PayloadSchemaType.KEYWORD
                 )
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"cannot prepare Qdrant collection {self.collection!r}: {exc}"
-            ) from exc
 
     def upsert(
         self,
@@ -129,10 +139,8 @@ class FaceIndex:
             vector={name: v.astype(np.float32).tolist() for name, v in vectors.items()},
             payload=payload,
         )
-        try:
+        with qdrant_errors(f"upsert face {face_id} into Qdrant"):
             self.client.upsert(self.collection, points=[point], wait=True)
-        except Exception as exc:
-            raise StorageError(f"cannot upsert face {face_id} into Qdrant: {exc}") from exc
 
     def vectors(self, ids: Sequence[str], name: str) -> dict[str, npt.NDArray[np.float32]]:
         """The named vector of each of ``ids`` that exists (a lookup by id, no scan)."""
@@ -153,7 +161,7 @@ class FaceIndex:
         ``d = sqrt(2 - 2 cos)``. Raises :class:`StorageError` when Qdrant cannot be read.
         """
         threshold = 1.0 - within * within / 2.0
-        try:
+        with qdrant_errors("search Qdrant for near faces"):
             hits = self.client.query_points(
                 self.collection,
                 query=vector.astype(np.float32).tolist(),
@@ -162,8 +170,6 @@ class FaceIndex:
                 score_threshold=threshold,
                 with_payload=["subject"],
             ).points
-        except Exception as exc:
-            raise StorageError(f"cannot search Qdrant for near faces: {exc}") from exc
         return [
             (
                 str(hit.id),
@@ -183,10 +189,8 @@ class FaceIndex:
         """
         if not ids:
             return {}
-        try:
+        with qdrant_errors("read vectors from Qdrant"):
             points = self.client.retrieve(self.collection, ids=list(ids), with_vectors=list(names))
-        except Exception as exc:
-            raise StorageError(f"cannot read vectors from Qdrant: {exc}") from exc
         out: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
         for point in points:
             stored = point.vector if isinstance(point.vector, dict) else {}

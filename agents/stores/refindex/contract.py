@@ -249,7 +249,10 @@ class _Searching:
 
 @contextmanager
 def _engine_errors(what: str) -> Iterator[None]:
-    """Turns an engine's exception into a StorageError that names the operation."""
+    """Turns an engine's exception into a StorageError that names the operation.
+
+    A catch-all on purpose: qdrant-client and qdrant-edge-py raise unrelated types with no
+    common base; the project's own errors pass through."""
     try:
         yield
     except PipelineError:
