@@ -16,7 +16,8 @@ its lease::
     5. move ``candidate`` to N; evaluate N and the champion on the new snapshot's
        validation split; the gate decides
     6. passed: ``champion`` -> N (compare-and-set against the champion evaluated), status
-       promoted, and a :class:`~schemas.model_updates.ModelUpdate` to publish;
+       promoted, and its :class:`~schemas.model_updates.ModelUpdate` queued in the outbox
+       in the move's transaction (trainer.registry), sent by a relay;
        refused: status refused, the champion stays
     any failure from 2 on: status failed with the reason; the champion stays
 
@@ -28,8 +29,7 @@ Example::
 
     result = run_cycle(settings, trigger="schedule")
     result.status                 # 'promoted' | 'refused' | 'failed'
-    if result.update is not None:
-        producer.send(settings.topic(MODEL_UPDATES_TOPIC), result.update.to_bytes())
+    result.update                 # the ModelUpdate queued in the outbox, when promoted
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,7 +80,8 @@ def freeze_snapshot(engine: Engine, settings: Settings) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CycleResult:
-    """What one cycle did. ``update`` is set when the champion moved: publish it."""
+    """What one cycle did. ``update`` is set when the champion moved: the record queued
+    in the outbox with the move (a relay sends it; see :mod:`infra.outbox`)."""
 
     status: Status
     name: str
@@ -252,8 +252,7 @@ def _cycle(
     except RegistryError as exc:  # the champion moved by hand while we trained
         registry.update(name, row.version, status=VersionStatus.REFUSED, reason=str(exc))
         return _done(base, "refused", str(exc), metrics)
-    promoted = registry.get(name, row.version)
-    update = model_update(promoted, previous, "promote", verdict.reason, actor, move.moved_at)
+    update = move.update
     return _done(base, "promoted", verdict.reason, metrics, champion=row.version, update=update)
 
 
@@ -394,32 +393,6 @@ def export(
         "parity_max_abs_diff": report.parity.max_abs_diff,
         "seconds": report.seconds,
     }
-
-
-def model_update(
-    row: ModelVersion,
-    previous: int | None,
-    action: Literal["promote", "rollback"],
-    reason: str,
-    actor: str,
-    at: datetime | None = None,
-) -> ModelUpdate:
-    """The ``model-updates`` record announcing ``row`` as champion."""
-    candidate = (row.metrics or {}).get("candidate") or {}
-    return ModelUpdate(
-        name=row.name,
-        version=row.version,
-        previous_version=previous,
-        action=action,
-        family=row.family,
-        snapshot_id=row.snapshot_id,
-        path=row.path,
-        artifacts=dict(row.artifacts or {}),
-        metrics={k: float(v) for k, v in candidate.items() if isinstance(v, int | float)},
-        reason=reason[:1024],
-        actor=actor,
-        at=at or datetime.now(UTC),
-    )
 
 
 def run_files(run_dir: Path) -> dict[str, str | None]:

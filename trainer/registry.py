@@ -22,9 +22,12 @@ every file it lists; Convert servers fetch versions from there
 
 Moving an alias is one transaction that also writes its audit row; ``expect`` makes it a
 compare-and-set, so a gate that evaluated against champion 3 cannot overwrite a champion
-someone promoted by hand meanwhile. ``rollback`` replays the champion's audit trail
-(promotions push, rollbacks pop) and moves it to the holder before the current one, so
-two rollbacks in a row go back two champions rather than swapping the last two.
+someone promoted by hand meanwhile. A move of ``champion`` also writes its
+:class:`~schemas.model_updates.ModelUpdate` to the outbox in that transaction
+(:mod:`trainer.updates`): the move and its announcement on ``model-updates`` commit
+together, and a relay sends it when a broker answers. ``rollback`` replays the champion's
+audit trail (promotions push, rollbacks pop) and moves it to the holder before the current
+one, so two rollbacks in a row go back two champions rather than swapping the last two.
 
 Example::
 
@@ -54,10 +57,11 @@ from agents.errors import StorageError as AgentsStorageError
 from agents.objects import ObjectStore, artifact_store
 from agents.stores.db import for_writing, sql_errors
 from schemas.digests import sha256_file
-from schemas.model_updates import VersionStatus
+from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.settings import Settings
 from schemas.tables import AliasMove, ModelAlias, ModelVersion, VersionSubject
 from trainer.errors import RegistryError, StorageError
+from trainer.updates import model_update, queue_update
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -104,6 +108,10 @@ class Move:
     actor: str
     reason: str
     moved_at: datetime
+    update: ModelUpdate | None = None
+    """a champion move's announcement, queued in the outbox with the move"""
+    outbox_id: int | None = None
+    """its outbox row (:func:`agents.stores.outbox.sent_at` says when it was sent)"""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -440,7 +448,18 @@ class Registry:
                     .where(_VERSIONS.c.name == name, _VERSIONS.c.version == to_version)
                     .values(status=VersionStatus(status).value, updated_at=now)
                 )
-        return Move(name, alias, action, current, to_version, actor, reason, now)
+            update, outbox_id = None, None
+            if alias == CHAMPION:
+                # The announcement commits with the move, or neither happens.
+                held = _VERSIONS.c.name == name, _VERSIONS.c.version == to_version
+                row = connection.execute(select(_VERSIONS).where(*held)).mappings().one()
+                verb: Literal["promote", "rollback"] = (
+                    "rollback" if action == "rollback" else "promote"
+                )
+                version = ModelVersion.model_validate(dict(row))
+                update = model_update(version, current, verb, reason, actor, now)
+                outbox_id = queue_update(connection, update)
+        return Move(name, alias, action, current, to_version, actor, reason, now, update, outbox_id)
 
     def promote(self, name: str, version: int, *, actor: str, reason: str) -> Move:
         """Make ``version`` the champion by hand (the gate is not asked); marks it promoted."""

@@ -16,8 +16,10 @@ One cycle at a time across processes and machines: the cycle runs under the SQL 
 are checked again *after* the lease is taken, so two schedulers racing on the same new data
 run one cycle between them (the second finds the data already used). A failed cycle is
 recorded on its version and leaves the champion serving. When the champion moved, the
-cycle's :class:`~schemas.model_updates.ModelUpdate` goes to ``publish`` (the process that
-runs the scheduler wires it to the ``model-updates`` topic; this layer knows no broker).
+cycle's :class:`~schemas.model_updates.ModelUpdate` is in the outbox already, written with
+the move (:mod:`trainer.registry`), so it cannot be lost; ``publish`` is then called to
+hurry it out (the process that runs the scheduler wires it to its outbox relay, which sends
+on ``model-updates``; this layer knows no broker).
 
 APScheduler 3 runs the checks (``BlockingScheduler`` with a ``SQLAlchemyJobStore`` in the
 same database, so the jobs and their next run times survive restarts). Its jobs are stored
@@ -26,7 +28,7 @@ by reference (``trainer.scheduler:check``): they find the running scheduler's se
 
 Example::
 
-    scheduler = build_scheduler(settings, publish=lambda update: producer.send(update))
+    scheduler = build_scheduler(settings, publish=lambda update: relay.flush())
     scheduler.start()                  # blocks; Ctrl-C stops it
     check(settings, publish)           # or one check now (``s2a scheduler --once``)
 """
@@ -48,6 +50,7 @@ from sqlalchemy import Engine, Table, func, select
 from sqlmodel import SQLModel
 
 from agents.stores.db import create_engine_for, sql_errors
+from schemas.errors import Transient
 from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.pairs import PairStatus
 from schemas.settings import Settings
@@ -195,11 +198,12 @@ def check(
 ) -> CheckResult:
     """Take the retrain lease, and run a cycle when a trigger is due (:func:`due`).
 
-    ``publish`` receives the cycle's model update when the champion moved; a publish that
-    fails is logged and reported (``published`` False), never undone: the registry has
-    moved, and ``s2a models show`` says so. ``run`` is :func:`trainer.cycle.run_cycle`
-    (tests pass tiny training flags through it). Raises :class:`StorageError` when SQL
-    cannot be reached.
+    ``publish`` receives the cycle's model update when the champion moved (queued in the
+    outbox with the move) and sends it; a publish that fails is logged and reported
+    (``published`` False), never undone: the registry has moved, and the update waits in
+    the outbox for a relay to send it when a broker answers. ``run`` is
+    :func:`trainer.cycle.run_cycle` (tests pass tiny training flags through it). Raises
+    :class:`StorageError` when SQL cannot be reached.
     """
     own = engine is None
     engine = engine or create_engine_for(settings.sql_url)
@@ -219,20 +223,22 @@ def check(
         log.info("retrain %s: %s (%s)", result.status, result.reason, trigger.name)
         published, error = False, None
         if result.update is not None and publish is not None:
-            # ``publish`` is the caller's (a Kafka producer in `s2a scheduler`), so any
+            # ``publish`` is the caller's (an outbox relay in `s2a scheduler`), so any
             # error it raises is caught: the registry has already moved, and the answer
-            # must say that the announcement, not the cycle, failed.
+            # must say that the announcement, not the cycle, is late.
             try:
                 publish(result.update)
                 published = True
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                log.exception(
-                    "champion is v%s but its model update was not published (%s); servers "
-                    "keep the previous model until they are told to reload (Convert's "
-                    "Reload call) or a later promotion is announced",
+                log.warning(
+                    "champion is v%s but its model update is not announced yet (%s); it "
+                    "waits in the outbox and goes out when a broker answers, and servers "
+                    "keep the previous model until then",
                     result.update.version,
                     error,
+                    # A broker that does not answer is expected; anything else is a bug.
+                    exc_info=not isinstance(exc, Transient),
                 )
         return CheckResult("ran", trigger, result, published, error)
     finally:

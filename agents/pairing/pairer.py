@@ -31,6 +31,7 @@ from agents.pairing.store import (
     PairStore,
     machine_decided,
     pair_id_for,
+    record_of,
 )
 from agents.records import EmbeddingSpace
 from agents.stores.faces import FACE_VECTOR, FaceIndex
@@ -251,20 +252,3 @@ def _count(uses: dict[tuple[str, str], int], style: str, pair: Pair | None, step
         return
     key = (style, pair.ref_id)
     uses[key] = max(0, uses.get(key, 0) + step)
-
-
-def record_of(pair: Pair) -> PairRecord:
-    """The ``pairs`` topic record of a stored pair."""
-    return PairRecord(
-        pair_id=pair.pair_id,
-        face_id=pair.face_id,
-        subject=pair.subject,
-        style=pair.style,
-        ref_id=pair.ref_id,
-        score=pair.score,
-        status=PairStatus(pair.status),
-        decided_by=pair.decided_by,
-        candidates=[Candidate.model_validate(c) for c in pair.candidates],
-        library_version=pair.library_version,
-        at=pair.updated_at,
-    )

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
 from sqlmodel import SQLModel
 
 from agents.stores.db import for_writing, sql_errors
-from schemas.pairs import PairStatus
+from schemas.pairs import Candidate, PairRecord, PairStatus
 from schemas.reasons import RefStatus
 from schemas.tables import AnimeRef, Face, Label, LibraryVersion, Pair
 
@@ -283,3 +283,21 @@ def _row(model: SQLModel, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     for key in drop:
         values.pop(key, None)
     return values
+
+
+def record_of(pair: Pair) -> PairRecord:
+    """The ``pairs`` topic record of a stored pair (what the pairer sends, and what a
+    review decision queues in the outbox)."""
+    return PairRecord(
+        pair_id=pair.pair_id,
+        face_id=pair.face_id,
+        subject=pair.subject,
+        style=pair.style,
+        ref_id=pair.ref_id,
+        score=pair.score,
+        status=PairStatus(pair.status),
+        decided_by=pair.decided_by,
+        candidates=[Candidate.model_validate(c) for c in pair.candidates],
+        library_version=pair.library_version,
+        at=pair.updated_at,
+    )

@@ -7,6 +7,11 @@ back the pair's ``updated_at`` it showed, and a pair changed since then is a
 :class:`~agents.review.Conflict` that names who changed it. The row is read ``FOR UPDATE``
 (PostgreSQL) or under SQLite's write lock taken at ``BEGIN``, so the check and the write
 cannot interleave with another decision.
+
+An approve, pick or reject also writes the pair's :class:`~schemas.pairs.PairRecord` to the
+outbox (:mod:`agents.stores.outbox`) in that same transaction: exactly one announcement per
+decision that changed the pair, sent on ``pairs`` by a relay when a broker answers
+(:mod:`infra.outbox`). A relabel leaves the pair as it was and announces nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agents.errors import Conflict, InvalidDecision
+from agents.pairing.store import record_of
 from agents.review.rows import DECISIONS, LABELS, PAIRS, REFS, face_labels, pair_row
 from agents.review.views import listed_candidates, suggested
 from agents.stores.db import sql_errors
+from agents.stores.outbox import enqueue
 from schemas.labels import LabelError, LabelSource, check, resolve
-from schemas.pairs import PairStatus
+from schemas.pairs import PAIRS_TOPIC, PairStatus
 from schemas.reasons import RefStatus
 from schemas.tables import Pair
 
@@ -128,7 +135,13 @@ class DecisionWriter:
                     decided_at=now,
                 )
             )
-        return Pair(**{**pair, **update})
+            decided = Pair(**{**pair, **update})
+            if update:
+                record = record_of(decided)
+                enqueue(
+                    connection, PAIRS_TOPIC, record.subject.encode(), record.to_bytes(), now=now
+                )
+        return decided
 
 
 def check_reviewer(actor: str) -> str:

@@ -95,7 +95,9 @@ _SECURITY_HEADERS = {
 
 OnDecision = Callable[[Pair], None]
 """Called with the committed pair after each approve, pick or reject (not after a
-relabel-only decision, which leaves the pair as it was). Runs on a worker thread."""
+relabel-only decision, which leaves the pair as it was). Runs on a worker thread. The
+decision's ``pairs`` record is in the outbox already (agents.review.decisions); ``s2a
+review`` passes its outbox relay's ``wake`` here, so the record goes out at once."""
 
 T = TypeVar("T")
 
@@ -410,7 +412,7 @@ class ReviewServer:
 
     Example::
 
-        server = ReviewServer(settings, on_decision=publish_pair, port=0)
+        server = ReviewServer(settings, on_decision=lambda pair: relay.wake(), port=0)
         url = server.start()        # 'http://127.0.0.1:41234/'
         ...
         server.stop()

@@ -11,9 +11,13 @@
 who and why); ``rollback`` moves it back to the champion before the current one.
 ``retrain`` runs one retrain cycle in this process (``trainer.cycle.run_cycle``), as the
 scheduler does, under the same ``retrain`` lease (refused while a cycle runs): snapshot,
-train, register, evaluate, promote or refuse. A promotion or a
-rollback prints the ``model-updates`` record with ``--json`` (publishing it to the topic is
-the scheduler's job).
+train, register, evaluate, promote or refuse.
+
+A promotion or a rollback writes its ``model-updates`` record to the outbox with the move
+(trainer.registry), then tries to send it at once (infra.outbox); without a broker it says
+so and the record stays queued: ``s2a scheduler`` (or any outbox relay: ``s2a review``,
+the next promote) sends it when a broker answers. ``--json`` prints the move, the record
+and ``announced`` (true once the broker acked it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,7 +34,10 @@ from infra.output import emit_json, emit_table
 from schemas.settings import Settings
 
 if TYPE_CHECKING:
-    from trainer.registry import Registry
+    from trainer.registry import Move, Registry
+
+#: How long promote and rollback wait for their update to be acked (when a broker answers).
+_ANNOUNCE_S = 10.0
 
 
 @contextmanager
@@ -156,24 +163,34 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool) -> N
         )
 
 
-def _moved(
-    registry: Registry,
-    model: str,
-    move: Any,
-    action: Literal["promote", "rollback"],
-    as_json: bool,
-    actor: str,
-) -> None:
-    from trainer.cycle import model_update
+def _moved(settings: Settings, registry: Registry, move: Move, as_json: bool) -> None:
+    """Send the move's queued update now if a broker answers, and say what happened."""
+    from infra.outbox import OutboxRelay
 
-    row = registry.get(model, move.to_version)
-    update = model_update(row, move.from_version, action, move.reason, actor, move.moved_at)
+    update, outbox_id = move.update, move.outbox_id
+    if update is None or outbox_id is None:  # every champion move queues one
+        raise click.ClickException(f"{move.name}@{move.alias} moved but queued no model update")
+    delivery = OutboxRelay(settings, registry.engine).flush(_ANNOUNCE_S, outbox_id)
     if as_json:
-        emit_json({"move": move.as_dict(), "update": update.model_dump(mode="json")})
-        return
-    click.echo(
-        f"{model}@champion: v{move.from_version} -> v{move.to_version} by {actor} ({action})"
-    )
+        emit_json(
+            {
+                "move": move.as_dict(),
+                "update": update.model_dump(mode="json"),
+                "announced": delivery.done,
+            }
+        )
+    else:
+        click.echo(
+            f"{move.name}@champion: v{move.from_version} -> v{move.to_version} by "
+            f"{move.actor} ({move.action})"
+        )
+    if not delivery.done:
+        why = delivery.error or "another process's outbox relay has not sent it yet"
+        click.echo(
+            f"model update queued, not announced yet ({why}); `s2a scheduler` or another "
+            "outbox relay sends it on model-updates when a broker answers",
+            err=True,
+        )
 
 
 @models.command()
@@ -191,7 +208,7 @@ def promote(
     model = name or settings.train.model_name
     with _registry(settings) as registry:
         move = registry.promote(model, version, actor=by, reason=reason)
-        _moved(registry, model, move, "promote", as_json, by)
+        _moved(settings, registry, move, as_json)
 
 
 @models.command()
@@ -206,7 +223,7 @@ def rollback(ctx: click.Context, reason: str, by: str, name: str | None, as_json
     model = name or settings.train.model_name
     with _registry(settings) as registry:
         move = registry.rollback(model, actor=by, reason=reason)
-        _moved(registry, model, move, "rollback", as_json, by)
+        _moved(settings, registry, move, as_json)
 
 
 @models.command()
@@ -239,10 +256,22 @@ def retrain(ctx: click.Context, trigger: str, by: str, as_json: bool) -> None:
             result = run_cycle(settings, trigger, engine=engine, actor=by)
         finally:
             release(engine, RETRAIN_LEASE, holder)
+        announced = None
+        if result.update is not None:  # promoted: its update waits in the outbox
+            from infra.outbox import OutboxRelay
+
+            delivery = OutboxRelay(settings, engine).flush(_ANNOUNCE_S)
+            announced = delivery.done
+            if not delivery.done:
+                click.echo(
+                    f"model update queued, not announced yet ({delivery.error or 'busy'}); "
+                    "`s2a scheduler` or another outbox relay sends it when a broker answers",
+                    err=True,
+                )
     finally:
         engine.dispose()
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(result.as_dict() | {"announced": announced})
     else:
         click.echo(f"{result.status} {result.name} v{result.version}: {result.reason}")
     if result.status == "failed":

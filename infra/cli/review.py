@@ -1,19 +1,23 @@
-"""``s2a review``: serve the human review page until Ctrl-C or SIGTERM."""
+"""``s2a review``: serve the human review page until Ctrl-C or SIGTERM.
+
+Each approve, pick or reject writes its ``pairs`` record to the outbox in the decision's
+transaction (agents.review.decisions); this process's outbox relay (infra.outbox) sends
+it from a background thread, at once after the decision when a broker answers, else as
+soon as one does. The page never waits for a broker: it starts at once without one, says
+so in one warning line, and reviewers keep deciding meanwhile.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
 from infra.cli.kit import settings_of
 from infra.output import emit_json
-from schemas.settings import Settings
-from schemas.tables import Pair
 
 if TYPE_CHECKING:
     from agents.review.server import ReviewServer
@@ -48,47 +52,37 @@ def review(
 
     Reviewers log in with accounts made by `s2a reviewers add`; each decision records the
     logged-in reviewer. Beyond loopback the page needs S2A_REVIEW__TLS_CERT and _KEY.
+    Decisions are announced on the pairs topic when a broker answers (queued until then).
     """
     from agents.review.server import ReviewServer
+    from agents.stores.db import create_engine_for
+    from infra.outbox import OutboxRelay
     from schemas.migrate import upgrade
 
     settings = settings_of(ctx)
     upgrade(settings.sql_url)
-    with contextlib.ExitStack() as stack:
+    engine = create_engine_for(settings.sql_url)
+    try:
         server = ReviewServer(
-            settings, host=host, port=port, include_unmatched="unmatched" in include
+            settings,
+            host=host,
+            port=port,
+            include_unmatched="unmatched" in include,
+            engine=engine,
         )
         # A setup the page refuses (no TLS beyond loopback, no account, a lost secret)
-        # fails here, before the broker is asked.
+        # fails here, before anything starts.
         server.check()
-        server.on_decision = _announcer(settings, stack)
-        _serve(server, as_json)
-
-
-def _announcer(settings: Settings, stack: contextlib.ExitStack) -> Callable[[Pair], None] | None:
-    """Publish each decided pair on the ``pairs`` topic, when a broker answers.
-
-    SQL holds the decision either way; the topic only tells downstream consumers. Reviewing
-    needs no running stack, so without a broker the page works and says so once, here.
-    """
-    from agents.pairing.pairer import record_of
-    from infra.errors import BrokerError
-    from infra.kafka import RecordPublisher, ensure_topics
-    from schemas.pairs import PAIRS_TOPIC
-
-    try:
-        ensure_topics(settings, [PAIRS_TOPIC])
-        publisher = stack.enter_context(
-            RecordPublisher(settings, PAIRS_TOPIC, client_id="s2a-review")
-        )
-    except BrokerError as exc:
-        log.warning("decisions will not be announced on the pairs topic: %s", exc)
-        return None
-
-    def announce(pair: Pair) -> None:
-        publisher.publish_raw(pair.subject.encode(), record_of(pair).to_bytes())
-
-    return announce
+        relay = OutboxRelay(settings, engine)
+        # The decision is in the outbox already (same transaction): only hurry the relay.
+        server.on_decision = lambda pair: relay.wake()
+        relay.start()
+        try:
+            _serve(server, as_json)
+        finally:
+            relay.stop()
+    finally:
+        engine.dispose()
 
 
 def _serve(server: ReviewServer, as_json: bool) -> None:

@@ -17,11 +17,13 @@ from PIL import Image
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from agents.errors import Conflict, InvalidDecision, NotFound, ReviewError
+from agents.errors import Conflict, InvalidDecision, NotFound, ReviewError, StorageError
 from agents.review.store import ReviewStore
+from agents.stores import outbox
 from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
 from schemas.migrate import upgrade
+from schemas.pairs import PairRecord
 from schemas.reasons import UploadState
 from schemas.tables import (
     AnimeRef,
@@ -487,3 +489,69 @@ def test_an_unmatched_pair_has_nothing_to_approve_by_default(
         store.decide(seeded.unmatched, "alice", "approve")
     store.decide(seeded.unmatched, "alice", "approve", ref_id=seeded.refs[4])
     assert _pair(seeded.engine, seeded.unmatched).status == "approved"
+
+
+# -- announcements (the outbox) -----------------------------------------------------------
+
+
+def _queued(engine: Engine) -> list[tuple[str, bytes | None, PairRecord]]:
+    return [
+        (row.topic, row.key, PairRecord.from_bytes(row.value)) for row in outbox.pending(engine)
+    ]
+
+
+def test_each_decision_that_changes_a_pair_queues_exactly_one_pairs_record(
+    store: ReviewStore, seeded: Seeded
+) -> None:
+    from agents.pairing.store import record_of
+
+    picked = store.decide("p-old", "alice", "pick", ref_id=seeded.refs[1])
+    store.decide("p-old", "alice", "relabel", labels={"glasses": "yes"})  # pair unchanged
+    rejected = store.decide("p-mid", "bob", "reject")
+
+    queued = _queued(seeded.engine)
+    assert [(topic, key) for topic, key, _ in queued] == [
+        ("pairs", seeded.faces[0].subject.encode()),
+        ("pairs", seeded.faces[1].subject.encode()),
+    ]
+    # The record the pairs agent would publish for the pair as committed.
+    assert [record for _, _, record in queued] == [record_of(picked), record_of(rejected)]
+    assert queued[0][2].status == "approved"
+    assert queued[0][2].at == _utc(_pair(seeded.engine, "p-old").updated_at)
+
+
+def test_a_refused_decision_queues_nothing(store: ReviewStore, seeded: Seeded) -> None:
+    seen = store.item("p-old").updated_at
+    store.decide("p-old", "bob", "approve", seen_updated_at=seen)
+    with pytest.raises(Conflict):
+        store.decide("p-old", "alice", "reject", seen_updated_at=seen)
+    with pytest.raises(InvalidDecision):
+        store.decide("p-mid", "alice", "pick", ref_id=seeded.refs[2])  # quarantined
+
+    assert [record.decided_by for _, _, record in _queued(seeded.engine)] == ["human:bob"]
+
+
+def test_a_crash_inside_the_decision_leaves_neither_the_decision_nor_its_record(
+    store: ReviewStore, seeded: Seeded
+) -> None:
+    """The outbox row is the transaction's last write: when it fails (here a trigger
+    aborts it, as a full disk or a lost connection would), the whole decision is undone."""
+    with seeded.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER no_outbox BEFORE INSERT ON outbox "
+            "BEGIN SELECT RAISE(ABORT, 'outbox write failed'); END"
+        )
+    before = _pair(seeded.engine, "p-old")
+
+    with pytest.raises(StorageError, match="outbox write failed"):
+        store.decide("p-old", "alice", "approve", labels={"glasses": "yes"})
+
+    after = _pair(seeded.engine, "p-old")
+    assert (after.status, after.decided_by, after.updated_at) == (
+        before.status,
+        before.decided_by,
+        before.updated_at,
+    )
+    assert _decisions(seeded.engine, "p-old") == []
+    assert _human_labels(seeded.engine, seeded.faces[0].face_id) == {}
+    assert outbox.pending(seeded.engine) == []
