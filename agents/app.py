@@ -99,7 +99,8 @@ def create_app(
             erasers.append(
                 Eraser.from_settings(settings, engine, pipe.store.index.client, via="worker")
             )
-        key = settings.resolve_pseudonym_key()
+        # The key the pipeline's start checked against the database (agents.stores.keys).
+        key = pipe.pseudonym_key
         outcomes = []
         for event in events:
             try:

@@ -18,8 +18,10 @@
    versions trained on the subject (and the artifact store's copies of those of a run kept
    inside its version directory);
 4. **SQL**, one transaction: review decisions on the subject's pairs (deleted; the audit
-   row keeps how many of each action), pairs (pending reviews among them), labels,
-   identity links at either end, faces; the subject's uploads become ``erased`` with no
+   row keeps how many of each action), pairs (pending reviews among them) and their
+   ``pairs`` records in the outbox (sent or still waiting: no announcement of the subject
+   goes out after the erasure), labels, identity links at either end, faces; the
+   subject's uploads become ``erased`` with no
    subject and no detail, ``finished_at`` the erasure's time (the row stays so that a
    re-delivered upload stays erased); the ``subjects`` row; the rows of the deleted
    snapshots (``snapshots`` and every ``snapshot_subjects`` row of them: the snapshot is
@@ -71,8 +73,9 @@ from agents.stages.anonymize import pseudonymize
 from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import for_writing, sql_errors
 from agents.stores.faces import FACES
+from agents.stores.outbox import forget
 from schemas.erasure import ErasureRequest
-from schemas.pairs import PairStatus
+from schemas.pairs import PAIRS_TOPIC, PairStatus
 from schemas.reasons import UploadState
 from schemas.settings import Settings
 from schemas.tables import (
@@ -134,6 +137,7 @@ COVERED: Mapping[str, str] = {
     "snapshot_subjects.subject": "every row of a deleted snapshot is deleted",
     "version_subjects.subject": "the rows are deleted; version_erasures counts them",
     "version_erasures.erased_subjects": "a count the eraser keeps, no reference",
+    "outbox.key": "the subject's pairs records (keyed by its pseudonym) are deleted",
 }
 
 #: What the files of an export are recognised by (``trainer.dataset.export`` writes it).
@@ -556,6 +560,7 @@ class Eraser:
                 )
             )
             connection.execute(delete(_PAIRS).where(_PAIRS.c.pair_id.in_(pairs)))
+            forget(connection, PAIRS_TOPIC, pseudonym.encode())
             connection.execute(delete(_LABELS).where(_LABELS.c.face_id.in_(faces)))
             connection.execute(
                 delete(_LINKS).where(

@@ -164,13 +164,18 @@ class IngestPipeline:
         from agents.stores.blobs import open_blobs
         from agents.stores.db import create_engine_for
         from agents.stores.faces import FaceIndex
+        from agents.stores.keys import checked_pseudonym_key
         from schemas.migrate import upgrade
 
         if settings.models.torch_threads:
             torch.set_num_threads(settings.models.torch_threads)
         settings.home.mkdir(parents=True, exist_ok=True)
         upgrade(settings.sql_url)
-        repository = Repository(create_engine_for(settings.sql_url))
+        engine = create_engine_for(settings.sql_url)
+        # Before any model loads: a key other than the one the stored subjects were
+        # pseudonymized under fails the start, with what to do (agents.stores.keys).
+        pseudonym_key = checked_pseudonym_key(settings, engine)
+        repository = Repository(engine)
         models = settings.models
         log.info(
             "loading models: detector %s, embedder %s, torch threads %d",
@@ -198,8 +203,14 @@ class IngestPipeline:
             embedder=embedder,
             store=store,
             repository=repository,
-            pseudonym_key=settings.resolve_pseudonym_key(),
+            pseudonym_key=pseudonym_key,
         )
+
+    @property
+    def pseudonym_key(self) -> bytes:
+        """The key subjects are pseudonymized under (checked against the database by
+        :meth:`build`); the ``erase`` agent turns raw ids into pseudonyms with it too."""
+        return self._key
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

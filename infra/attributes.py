@@ -158,7 +158,14 @@ _Record = tuple[int, str, list[str]]
 
 def _celeba(path: Path, lines: Sequence[str], first: int) -> tuple[list[str], list[_Record]]:
     """CelebA's layout: a count, the column names, then ``name v1 v2 ...`` rows."""
-    declared = int(lines[first].strip())
+    count = lines[first].strip()
+    try:
+        declared = int(count)
+    except ValueError:  # a digit int() does not take ('²'), or more digits than it reads
+        raise UsageError(
+            f"{OPTION} {path} line {first + 1}: {count[:20]!r} is not a number of rows "
+            "(CelebA layout: count, column names, rows)"
+        ) from None
     header_at = next((i for i in range(first + 1, len(lines)) if lines[i].strip()), None)
     if header_at is None:
         raise UsageError(f"{OPTION} {path}: a count on line {first + 1} but no column names")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -446,3 +446,48 @@ class Reviewer(SQLModel, table=True):
     password_hash: str = Field(max_length=256, description="PHC string, $argon2id$...")
     created_at: datetime = _utc_column()
     sessions_after: datetime | None = _utc_column(nullable=True)
+
+
+class OutboxRecord(SQLModel, table=True):
+    """An announcement for a topic, written in the transaction of the change it announces
+    (the transactional outbox): a reviewer's decision and its ``pairs`` record, a champion
+    move and its ``model-updates`` record commit together or not at all.
+
+    A relay (:mod:`infra.outbox`) sends the rows whose ``sent_at`` is null in ``id`` order,
+    each acked by the broker before the next, and sets ``sent_at`` as soon as the ack
+    arrives; a failed send counts in ``attempts`` with ``last_error``. Sent rows are
+    deleted after a retention (they hold subject pseudonyms). :mod:`agents.stores.outbox`
+    reads and writes them.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_sent_at", "sent_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str = Field(max_length=64, description="logical topic name, without the prefix")
+    key: str | None = Field(default=None, max_length=255, description="the record key, as text")
+    value: str = Field(sa_column=Column(Text(), nullable=False))
+    """the record, as JSON text (its ``to_bytes()``)"""
+    created_at: datetime = _utc_column()
+    sent_at: datetime | None = _utc_column(nullable=True)
+    """when the broker acked it; null while it waits"""
+    attempts: int = Field(default=0, description="sends tried, the acked one included")
+    last_error: str | None = Field(default=None, max_length=1024)
+
+
+class PseudonymKey(SQLModel, table=True):
+    """The fingerprint of the key subjects are pseudonymized under (one row, ``purpose``
+    ``subjects``), so that a key lost and regenerated, or a changed ``S2A_PSEUDONYM_KEY``,
+    is refused instead of silently giving returning subjects new pseudonyms
+    (:func:`agents.stores.keys.checked_pseudonym_key`).
+
+    The fingerprint is HMAC-SHA256 of a fixed label under the key: it tells two keys apart
+    and gives away neither the key nor any pseudonym.
+    """
+
+    __tablename__ = "pseudonym_keys"
+
+    purpose: str = Field(primary_key=True, max_length=32)
+    fingerprint: str = Field(max_length=64, description="hex HMAC-SHA256 of a fixed label")
+    source: str = Field(max_length=1024, description="S2A_PSEUDONYM_KEY, or the key file")
+    recorded_at: datetime = _utc_column()

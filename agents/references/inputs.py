@@ -108,7 +108,8 @@ def normalise_license(text: str) -> tuple[str, str | None]:
     keeps its own spelling (and is then refused unless the policy allows it).
     """
     full = " ".join(text.split())
-    head = full.split("(", 1)[0].strip().rstrip(";,:")
+    # Spaces go with the punctuation: "MIT ;" is "MIT", not "MIT " (refused as unknown).
+    head = full.split("(", 1)[0].strip().rstrip(";,: ")
     key = re.sub(r"[\s_]+", "-", head.upper())
     if key in _LICENSE_ALIASES:
         spdx = _LICENSE_ALIASES[key]
@@ -123,8 +124,10 @@ def read_sources(path: Path) -> dict[str, Attribution]:
     """Per-file attribution from a CSV with at least ``file,license,author,source``.
 
     Keys are the ``file`` values as written and their base names, so a row matches a
-    file however it was named on the command line. Two rows for one name with different
-    values make the name ambiguous: :class:`SourcesFileError`.
+    file however it was named on the command line; a name as a row writes it wins over
+    another row's base name. Two rows for one name with different values make the name
+    ambiguous: it matches neither. A file that cannot be read, or lacks a column, is a
+    :class:`SourcesFileError`.
     """
     try:
         with path.open(newline="", encoding="utf-8") as handle:
@@ -138,8 +141,11 @@ def read_sources(path: Path) -> dict[str, Attribution]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SourcesFileError(f"--sources {path}: cannot read it: {exc}") from exc
-    found: dict[str, Attribution] = {}
-    clashes: set[str] = set()
+    # Names as written and base names apart: "a.png" written by one row must not be lost
+    # to another row's "x/a.png" (found by fuzzing: both were dropped as a clash).
+    written: dict[str, Attribution] = {}
+    bases: dict[str, Attribution] = {}
+    clashes: list[tuple[dict[str, Attribution], str]] = []
     for row in rows:
         name = (row.get("file") or "").strip()
         if not name:
@@ -149,14 +155,14 @@ def read_sources(path: Path) -> dict[str, Attribution]:
             source=(row.get("source") or "").strip() or None,
             author=(row.get("author") or "").strip() or None,
         )
-        for key in dict.fromkeys((name, Path(name).name)):
+        for found, key in ((written, name), (bases, Path(name).name)):
             if key in found and found[key] != value:
-                clashes.add(key)
+                clashes.append((found, key))
             found[key] = value
-    for key in clashes:
-        # A base name shared by two different rows matches neither; the full path still does.
-        del found[key]
-    return found
+    for found, key in clashes:
+        # A name shared by two different rows matches neither.
+        found.pop(key, None)
+    return {**bases, **written}
 
 
 def sources_for(name: str, sources: Mapping[str, Attribution]) -> Attribution:

@@ -125,13 +125,17 @@ def _free_store(settings: Settings, *, required: bool) -> Any:
 def _here(settings: Settings, request: ErasureRequest, client: Any) -> dict[str, Any]:
     from agents.erasure import Eraser
     from agents.stores.db import create_engine_for
+    from agents.stores.keys import checked_pseudonym_key
     from schemas.migrate import upgrade
 
     upgrade(settings.sql_url)
     engine = create_engine_for(settings.sql_url)
     try:
+        # Another key would turn SUBJECT into a pseudonym nothing is stored under, and the
+        # erasure would answer 'nothing_found' for a person whose data stays.
+        key = checked_pseudonym_key(settings, engine)
         eraser = Eraser.from_settings(settings, engine, client, via="direct")
-        return eraser.erase_request(request, settings.resolve_pseudonym_key()).as_dict()
+        return eraser.erase_request(request, key).as_dict()
     finally:
         client.close()
         engine.dispose()

@@ -42,6 +42,8 @@ TABLES = {
     "version_erasures",
     "erasure_audit",
     "reviewers",
+    "outbox",
+    "pseudonym_keys",
 }
 
 
@@ -77,7 +79,7 @@ def test_upgrade_from_empty_reaches_head(sql_url: str) -> None:
 
     upgrade(sql_url)
 
-    assert current(sql_url) == head() == "0007"
+    assert current(sql_url) == head() == "0009"
     assert _tables(sql_url) == TABLES | {"alembic_version"}
 
 
