@@ -16,6 +16,7 @@ from agents.errors import EXIT_RESTART
 from infra.broker import EmbeddedBroker
 from infra.errors import BrokerError
 from infra.kafka import ensure_topics
+from infra.logs import logging_config
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,25 @@ def run_worker(settings: Settings) -> None:
     import faust
 
     from agents.app import create_app
+    from agents.stores.db import create_engine_for
+    from agents.stores.keys import checked_pseudonym_key
+    from schemas.migrate import upgrade
 
     settings.home.mkdir(parents=True, exist_ok=True)
+    # A lost or changed pseudonym key stops the worker here, with one line saying what to
+    # do, rather than in its first batch (which would exit to be restarted, again and again).
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    try:
+        checked_pseudonym_key(settings, engine)
+    finally:
+        engine.dispose()
     ensure_topics(settings)
     app = create_app(settings)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level, settings.log_format),
         quiet=True,
         redirect_stdouts=False,
         workdir=str(settings.home),

@@ -481,7 +481,11 @@ class ServingSettings(_Group):
         False, description="run model.int8.onnx where the version has one (ONNX Runtime)"
     )
     intra_op_threads: int | None = Field(
-        None, ge=1, description="threads per inference; unset = the runtime's default"
+        None,
+        ge=1,
+        description="engine threads per inference worker; unset = the thread plan "
+        "(min(cores, 4) workers side by side, cores // workers threads each); 2 on 2 cores "
+        "gives one worker of two threads (lowest latency for a lone caller)",
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="images run together")
     max_queue_delay_ms: float = Field(
@@ -613,6 +617,11 @@ class Settings(BaseSettings):
         (), description="directories a worker may read file:// upload URIs from"
     )
     log_level: str = Field("INFO", description="Python logging level of every process")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="log lines of every process: text, or json (one object a line: time, "
+        "level, logger, message and the record's fields, e.g. a Convert call's request_id)",
+    )
 
     limits: LimitSettings = LimitSettings()
     quality: QualitySettings = QualitySettings()
@@ -724,26 +733,66 @@ class Settings(BaseSettings):
         """The full topic name for a contract's base name (``uploads`` -> ``s2a.uploads``)."""
         return f"{self.topic_prefix}{name}"
 
-    def resolve_pseudonym_key(self) -> bytes:
-        """The HMAC key: from settings, else from ``home/pseudonym.key``, created on first use.
+    @property
+    def pseudonym_key_path(self) -> Path:
+        """Where the generated pseudonym key lives (read while ``pseudonym_key`` is unset)."""
+        return self.home / "pseudonym.key"
+
+    def resolve_pseudonym_key(self, *, create: bool = True) -> bytes:
+        """The HMAC key: from settings, else from ``home/pseudonym.key``, made on first use.
+
+        The file is made owner-only from its first byte (``O_CREAT | O_EXCL`` with mode
+        0600, then an atomic link, so racing processes share one key), and only with
+        ``create``: without it a missing file is a lost key, a :class:`ConfigError` saying
+        how to restore it. A key file other users may read is refused, naming the ``chmod``.
 
         The generated key never leaves the data directory; losing it means new pseudonyms
         for returning subjects, so production sets ``S2A_PSEUDONYM_KEY`` from a secret store.
+        Processes that pseudonymize raw ids take the key from
+        ``agents.stores.keys.checked_pseudonym_key``, which refuses a key other than the one
+        the database's subjects were pseudonymized under.
         """
         if self.pseudonym_key is not None:
             raw = self.pseudonym_key.get_secret_value()
             if len(raw) < 16:
                 raise ConfigError("S2A_PSEUDONYM_KEY must hold at least 16 characters")
             return raw.encode()
-        path = self.home / "pseudonym.key"
+        path = self.pseudonym_key_path
         if not path.exists():
+            if not create:
+                raise ConfigError(
+                    f"the pseudonym key {path} is missing, but subjects were pseudonymized "
+                    "under it (the database holds them): restore the file from a backup; a "
+                    "new key would give every returning subject a new pseudonym and hide "
+                    "their data from `s2a erase`"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".pseudonym.key.{os.getpid()}")
-            tmp.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
-            tmp.chmod(0o600)
-            # link() fails when another process won the race: every process then reads the
-            # same key, so one subject never gets two pseudonyms.
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-            tmp.unlink()
-        return base64.b64decode(path.read_text().strip())
+            # Created 0600 under a name no other process uses: the key is never readable
+            # by others, not even between its creation and a chmod.
+            tmp = path.with_name(f".pseudonym.key.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as out:
+                    out.write(base64.b64encode(secrets.token_bytes(32)).decode())
+                # link() fails when another process won the race: every process then reads
+                # the same key, so one subject never gets two pseudonyms.
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                tmp.unlink()
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(
+                f"the pseudonym key {path} may be read by other users (mode {mode:o}); "
+                f"`chmod 600 {path}`, or set S2A_PSEUDONYM_KEY"
+            )
+        try:
+            key = base64.b64decode(path.read_text().strip(), validate=True)
+        except ValueError:  # binascii.Error, UnicodeDecodeError
+            key = b""
+        if len(key) < 16:
+            raise ConfigError(
+                f"the pseudonym key {path} is not a base64 key of at least 16 bytes; restore "
+                "it from a backup, or set S2A_PSEUDONYM_KEY"
+            )
+        return key

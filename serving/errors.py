@@ -3,8 +3,9 @@
     ServingError
      ├── InvalidRequest (ValueError)             INVALID_ARGUMENT: the image or options
      │                                           are unusable; ``reason`` says which
-     │                                           (decode_error, too_large, no_face,
-     │                                           multiple_faces, bad_pose, bad_options)
+     │                                           (decode_error, too_large, animated,
+     │                                           no_face, multiple_faces, bad_pose,
+     │                                           bad_options)
      ├── Overloaded (RuntimeError) [retry]       RESOURCE_EXHAUSTED: the batching queue is
      │                                           full; retry with backoff
      ├── NotReady (RuntimeError) [retry]         UNAVAILABLE: no model loaded yet, or the
@@ -40,6 +41,7 @@ from schemas.errors import Transient
 # Reason codes of INVALID_ARGUMENT answers (Error.reason on a stream, the details' prefix).
 DECODE_ERROR: Final = "decode_error"
 TOO_LARGE: Final = "too_large"
+ANIMATED: Final = "animated"  # more frames than S2A_LIMITS__MAX_FRAMES: send one still photo
 NO_FACE: Final = "no_face"
 MULTIPLE_FACES: Final = "multiple_faces"
 BAD_POSE: Final = "bad_pose"

@@ -17,10 +17,20 @@ record (and a Reload whose path is not a directory here) is fetched into
 ``home/cache/models/<name>/<version>/`` and checked against its hashes before it loads
 (:func:`serving.version.fetch_version`).
 
-Limits: ``max_receive_message_length`` is twice the image limit (an image a little over
-the limit is answered INVALID_ARGUMENT naming its size; far larger messages are cut by gRPC
-with RESOURCE_EXHAUSTED), ``maximum_concurrent_rpcs`` caps calls in progress, the batcher's
-queue caps images waiting.
+Limits: ``max_receive_message_length`` is twice the image limit plus 64 KiB, the hard cap
+on what is read: an image over the limit but under that is answered INVALID_ARGUMENT
+(``too_large``) naming its size and the setting (``S2A_SERVING__MAX_IMAGE_BYTES``, else
+``S2A_LIMITS__MAX_UPLOAD_BYTES``); a larger message is refused by gRPC itself, before the
+handler, with RESOURCE_EXHAUSTED ("Received message larger than max"). Unlimited reading
+to answer it in our own words is what the cap is there to prevent.
+``maximum_concurrent_rpcs`` caps calls in progress, the batcher's queue caps images
+waiting.
+
+Threads (:func:`serving.engines.thread_plan`): with ``S2A_SERVING__INTRA_OP_THREADS``
+unset, a server on C cores runs ``min(C, 4)`` batch workers side by side, each on
+``C // workers`` intra-op threads, rather than one batch at a time over every core (2
+cores: two single-threaded workers, ~25 % less CPU per image). :func:`serve` also sets
+PyTorch's threads (the detector's) to that share.
 
 Example::
 
@@ -46,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -55,10 +66,16 @@ from schemas.model_updates import ModelUpdate
 from schemas.settings import Settings
 from serving.auth import TokenAuth, check_exposure, server_credentials
 from serving.batching import MicroBatcher
-from serving.engines import EngineFactory, available_engines, default_factory, load_engine
+from serving.engines import (
+    EngineFactory,
+    available_engines,
+    default_factory,
+    load_engine,
+    thread_plan,
+)
 from serving.errors import ModelLoadError, ServingConfigError
 from serving.metrics import ServingMetrics
-from serving.preprocess import Preprocessor
+from serving.preprocess import Preprocessor, image_limit_setting
 from serving.proto import SERVICE
 from serving.proto import convert_pb2 as pb
 from serving.proto import convert_pb2_grpc as pb_grpc
@@ -90,9 +107,11 @@ class ConvertServer:
         health_servicer: health.HealthServicer,
         metrics: ServingMetrics,
         updates: UpdateSource | None,
+        conversion: Conversion,
         artifacts: ObjectStore | None = None,
     ) -> None:
         self.settings = settings
+        self.conversion = conversion  # the RPC-free core, for in-process callers (bench)
         self.artifacts = artifacts
         self.grpc_server = grpc_server
         self.port = port
@@ -286,7 +305,8 @@ def create_server(
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    factory = engine_factory or default_factory(int8=serving.int8, threads=serving.intra_op_threads)
+    threads = thread_plan(serving.intra_op_threads)
+    factory = engine_factory or default_factory(int8=serving.int8, threads=threads.threads)
 
     def loader(version: ModelVersion) -> Any:
         return load_engine(
@@ -300,21 +320,29 @@ def create_server(
         max_delay_s=serving.max_queue_delay_ms / 1000.0,
         max_queue=serving.max_queue,
         metrics=metrics,
+        workers=threads.workers,
+    )
+    log.info(
+        "%d batch workers of %d intra-op threads each on %d cores",
+        threads.workers,
+        threads.threads,
+        threads.cores,
     )
     image_limit = serving.image_limit(settings.limits)
     preprocessor = Preprocessor(
         detector or build_detector(settings.models),
         settings.limits,
         image_limit=image_limit,
+        image_limit_setting=image_limit_setting(serving),
         second_face_ratio=settings.quality.second_face_ratio,
         max_output_side=serving.max_output_side,
     )
+    conversion = Conversion(preprocessor, batcher, holder)
     servicer = ConvertServicer(
-        Conversion(preprocessor, batcher, holder),
+        conversion,
         swapper,
         metrics=metrics,
         default_deadline_s=serving.default_deadline_s,
-        image_limit=image_limit,
         stream_window=serving.stream_window,
         engines_available=available_engines(),
     )
@@ -378,6 +406,7 @@ def create_server(
         health_servicer=health_servicer,
         metrics=metrics,
         updates=source,
+        conversion=conversion,
         artifacts=artifact_store(settings),
     )
     swapper.on_change = server._on_change
@@ -391,7 +420,13 @@ def serve(
     initial_model: Path | None = None,
     ready: Callable[[ConvertServer], None] | None = None,
 ) -> None:
-    """Run a server until SIGTERM or Ctrl-C, then stop it gracefully."""
+    """Run a server until SIGTERM or Ctrl-C, then stop it gracefully.
+
+    This is the process's entry, so it also sets PyTorch's intra-op threads (one setting
+    per process: the detector's, and the torch engine's) to the server's thread plan;
+    :func:`create_server` leaves them alone for the processes that embed a server (tests,
+    the benchmark)."""
+    torch.set_num_threads(thread_plan(settings.serving.intra_op_threads).threads)
     server, _port = create_server(settings)
     stop = threading.Event()
 

@@ -4,7 +4,8 @@
 benchmark can call it in process; :class:`ConvertServicer` maps it onto the RPCs: errors
 become status codes (:func:`serving.errors.status_of`) with the reason in the trailing
 metadata key ``s2a-reason``; a stream answers each item with a result or an Error and
-stays open. Log lines carry the request id, the status and the timing, never pixels.
+stays open. Every call is logged in one line (:func:`log_call`) of ids, its status and
+numbers, never pixels, image bytes or the error's text.
 
 Example::
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -69,6 +71,7 @@ class Conversion:
 
     def run(self, data: bytes, options: Options, deadline: float) -> Converted:
         """Raises a :class:`ServingError` for anything but success."""
+        self.preprocessor.check_size(data)  # before anything else: no retry will help it
         model = self.holder.current
         if model is None:
             raise NotReady("no model is loaded yet; retry shortly")
@@ -126,7 +129,6 @@ class ConvertServicer(pb_grpc.ConverterServicer):
         *,
         metrics: ServingMetrics,
         default_deadline_s: float,
-        image_limit: int,
         stream_window: int,
         engines_available: list[str],
         reload: Callable[..., tuple[LoadedModel, bool]] | None = None,
@@ -135,7 +137,6 @@ class ConvertServicer(pb_grpc.ConverterServicer):
         self.swapper = swapper
         self.metrics = metrics
         self.default_deadline_s = default_deadline_s
-        self.image_limit = image_limit
         self.stream_window = stream_window
         self.engines_available = engines_available
         self.reloader = reload or swapper.load
@@ -150,32 +151,16 @@ class ConvertServicer(pb_grpc.ConverterServicer):
         try:
             response = self._convert(request, request_id, self._deadline(context))
         except Exception as exc:
-            code, reason, message = self._failed("Convert", request_id, exc, began)
+            code, reason, message = self._failed("Convert", request_id, exc, began, request)
             context.set_trailing_metadata(((REASON_KEY, reason),))
             context.abort(code, message)
         self._answered("Convert", grpc.StatusCode.OK, began)
-        log.info(
-            "Convert %s ok: %s v%d, %.1f ms",
-            request_id,
-            response.model.name,
-            response.model.version,
-            (time.perf_counter() - began) * 1000,
-        )
+        log_call("Convert", request_id, grpc.StatusCode.OK, "", began, request, response)
         return response
 
     def _convert(
         self, request: pb.ConvertRequest, request_id: str, deadline: float
     ) -> pb.ConvertResponse:
-        if len(request.image) > self.image_limit:
-            raise InvalidRequest(
-                "too_large",
-                f"image is {len(request.image)} bytes; this server takes at most "
-                f"{self.image_limit} (serving.max_image_bytes): send a smaller JPEG",
-            )
-        if not request.image:
-            raise InvalidRequest(
-                "decode_error", "image is empty (0 bytes): send JPEG, PNG or WebP bytes"
-            )
         converted = self.conversion.run(request.image, options_from(request.options), deadline)
         face = None
         if converted.face is not None:
@@ -210,9 +195,14 @@ class ConvertServicer(pb_grpc.ConverterServicer):
             try:
                 result = self._convert(request, request_id, deadline)
                 self._answered("ConvertStream", grpc.StatusCode.OK, began)
+                log_call(
+                    "ConvertStream", request_id, grpc.StatusCode.OK, "", began, request, result
+                )
                 future.set_result(pb.ConvertStreamResponse(request_id=request_id, result=result))
             except Exception as exc:
-                code, reason, message = self._failed("ConvertStream", request_id, exc, began)
+                code, reason, message = self._failed(
+                    "ConvertStream", request_id, exc, began, request
+                )
                 error = pb.Error(code=code.value[0], reason=reason, message=message)
                 future.set_result(pb.ConvertStreamResponse(request_id=request_id, error=error))
 
@@ -284,9 +274,11 @@ class ConvertServicer(pb_grpc.ConverterServicer):
             )
         except ServingError as exc:
             code, reason, message = self._failed("Reload", "-", exc, began)
+            log.warning("Reload of %s refused: %s", request.path, message)
             context.set_trailing_metadata(((REASON_KEY, reason),))
             context.abort(code, message)
         self._answered("Reload", grpc.StatusCode.OK, began)
+        log_call("Reload", "-", grpc.StatusCode.OK, "", began)
         return pb.ReloadResponse(model=self.info(model), changed=changed)
 
     # -- shared ----------------------------------------------------------------------------
@@ -302,12 +294,75 @@ class ConvertServicer(pb_grpc.ConverterServicer):
         self.metrics.latency.labels(method=method).observe(time.perf_counter() - began)
 
     def _failed(
-        self, method: str, request_id: str, exc: BaseException, began: float
+        self,
+        method: str,
+        request_id: str,
+        exc: BaseException,
+        began: float,
+        request: pb.ConvertRequest | None = None,
     ) -> tuple[grpc.StatusCode, str, str]:
         code, reason, message = status_of(exc)
         self._answered(method, code, began)
-        if isinstance(exc, ServingError):
-            log.info("%s %s %s (%s): %s", method, request_id, code.name, reason, message)
-        else:
-            log.error("%s %s failed", method, request_id, exc_info=exc)
+        if not isinstance(exc, ServingError):  # a bug: its traceback, under the request id
+            log.error("%s %s failed", method, _loggable(request_id), exc_info=exc)
+        log_call(method, request_id, code, reason, began, request)
         return code, reason, message
+
+
+def _loggable(request_id: str) -> str:
+    """The client's request id as logged: at most 64 characters of ``[A-Za-z0-9._:-]``
+    (anything else becomes ``_``), so a log line stays one line."""
+    return _UNSAFE_ID.sub("_", request_id[:64]) or "-"
+
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def log_call(
+    method: str,
+    request_id: str,
+    code: grpc.StatusCode,
+    reason: str,
+    began: float,
+    request: pb.ConvertRequest | None = None,
+    response: pb.ConvertResponse | None = None,
+) -> None:
+    """The one log line of a call: ids, the status and numbers only (never pixels, image
+    bytes or the error's text, which may quote the input: the caller has it).
+
+    Its fields (the JSON log format writes each; text shows them in the message):
+    ``method``, ``request_id``, ``status``, ``reason`` (failures), ``latency_ms``,
+    ``image_bytes`` and, on success, ``output_bytes``, ``model``, ``model_version``,
+    ``engine``."""
+    fields: dict[str, Any] = {
+        "method": method,
+        "request_id": _loggable(request_id),
+        "status": code.name,
+        "latency_ms": round((time.perf_counter() - began) * 1000, 1),
+    }
+    if reason:
+        fields["reason"] = reason
+    if request is not None:
+        fields["image_bytes"] = len(request.image)
+    if response is not None:
+        fields |= {
+            "output_bytes": len(response.image),
+            "model": response.model.name,
+            "model_version": response.model.version,
+            "engine": response.model.engine,
+        }
+    model = (
+        f" ({fields['model']} v{fields['model_version']}, {fields['engine']})"
+        if response is not None
+        else ""
+    )
+    log.info(
+        "%s %s %s%s in %.1f ms%s",
+        method,
+        fields["request_id"],
+        code.name,
+        f" {reason}" if reason else "",
+        fields["latency_ms"],
+        model,
+        extra=fields,
+    )

@@ -29,6 +29,7 @@ from infra.cli.settings import settings_
 from infra.cli.train import train
 from infra.cli.uploads import publish, status, uploads
 from infra.errors import InfraError
+from infra.logs import JsonLines, setup_logging
 from schemas.errors import SchemaError
 from schemas.settings import Settings
 from trainer.errors import TrainerError
@@ -36,19 +37,7 @@ from trainer.errors import TrainerError
 log = logging.getLogger("s2a")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # kafka-python and alembic are chatty at INFO about every connection and plugin.
-    for chatty in ("kafka", "alembic"):
-        logging.getLogger(chatty).setLevel(
-            max(logging.ERROR if chatty == "kafka" else logging.WARNING, logging.getLogger().level)
-        )
-
-
+# A LogRecord's own attributes; any other attribute came from ``extra=`` and is a field.
 @click.group()
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default from S2A_LOG_LEVEL)")
 @click.pass_context
@@ -57,9 +46,11 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     settings = Settings()
     if log_level:
         settings = settings.model_copy(update={"log_level": log_level})
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     ctx.obj = settings
 
+
+__all__ = ["JsonLines", "cli", "main", "setup_logging"]
 
 for _verb in (
     broker,

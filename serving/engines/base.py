@@ -7,6 +7,10 @@ breaks the model never fails its batch mates.
 
 Shapes: ``selfie`` and ``base`` are float32 ``(N, 3, R, R)`` RGB in [-1, 1] (see
 :mod:`serving.version`); each output is float32 ``(3, R, R)`` in (-1, 1).
+
+Threads: ``infer`` may be called from several threads at once (the batcher's workers run
+batches side by side). ONNX Runtime sessions and eval-mode torch modules allow it; an
+engine whose runtime does not (a TensorRT execution context) serialises its own runs.
 """
 
 from __future__ import annotations

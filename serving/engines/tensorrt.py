@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -47,7 +48,8 @@ def unavailable_reason(trt: ModuleType | None, gpu: Callable[[], bool]) -> str |
 
 class TensorRTEngine(Engine):
     """A deserialized TensorRT engine; batches larger than its profile's maximum run in
-    slices."""
+    slices, one batch at a time (an execution context holds one run's shapes and buffer
+    addresses)."""
 
     name = "tensorrt"
 
@@ -63,6 +65,7 @@ class TensorRTEngine(Engine):
         self._engine: Any = None
         self._context: Any = None
         self._max_batch = 1
+        self._run_lock = threading.Lock()
 
     def _load(self, version: ModelVersion) -> None:
         trt = self._trt if self._trt is not None else import_tensorrt()
@@ -87,10 +90,11 @@ class TensorRTEngine(Engine):
         self._max_batch = int(engine.get_tensor_profile_shape(INPUTS[0], 0)[2][0])
 
     def _run(self, selfie: Array, base: Array) -> Array:
-        outs = [
-            self._run_slice(selfie[i : i + self._max_batch], base[i : i + self._max_batch])
-            for i in range(0, len(selfie), self._max_batch)
-        ]
+        with self._run_lock:
+            outs = [
+                self._run_slice(selfie[i : i + self._max_batch], base[i : i + self._max_batch])
+                for i in range(0, len(selfie), self._max_batch)
+            ]
         return np.concatenate(outs)
 
     def _run_slice(self, selfie: Array, base: Array) -> Array:

@@ -137,3 +137,26 @@ def test_a_lone_image_never_waits_and_announced_ones_are_waited_for() -> None:
         assert engine.batches == [1, 2]
     finally:
         batcher.close()
+
+
+def test_several_workers_run_batches_side_by_side() -> None:
+    holder = ModelHolder()
+    model, engine = loaded()
+    holder.flip(model)
+    batcher = MicroBatcher(holder, max_batch=4, max_delay_s=0.0, max_queue=8, workers=2)
+    batcher.start()
+    try:
+        # The first batch is held in the engine; the second still runs, on the other worker.
+        engine.hold.set()
+        first = batcher.submit(_image(0.1), _image(0.1), _later())
+        assert engine.entered.wait(10)
+        second = batcher.submit(_image(0.2), _image(0.2), _later())
+        wait_until(lambda: len(engine.batches) == 2, deadline_s=10, what="a second batch")
+        assert not first.done()
+        engine.release.set()
+        assert first.result(10)[0][0, 0, 0] == pytest.approx(0.1)
+        assert second.result(10)[0][0, 0, 0] == pytest.approx(0.2)
+    finally:
+        batcher.close()
+    assert batcher.workers == 2
+    assert engine.batches == [1, 1]
