@@ -257,7 +257,7 @@ def _run(demo: Settings, result: DemoResult, display: Steps, lora_steps: int) ->
             first = _cycle(demo, engine, result, step)
         if first.update is None:
             return
-        do.publish_update(demo, first.update)
+        do.announce(demo, engine)  # v1's promotion, and the review decisions
         with ExitStack() as server:
             with display.step("Start Convert server") as step:
                 client = server.enter_context(do.convert_server(demo, first.update.version))
@@ -340,7 +340,12 @@ def _serve(
         if second.update is None:
             step.note(f"nothing to swap: cycle 2 {second.status}")
         else:
-            swap = do.swap_under_load(demo, client.address, second.update, probe.read_bytes())
+            swap = do.swap_under_load(
+                client.address,
+                second.update,
+                probe.read_bytes(),
+                send=lambda: do.announce(demo, engine),
+            )
             result.swap = swap.as_dict()
             step.note(
                 f"v{second.update.previous_version} -> v{second.update.version} while "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,10 +21,9 @@ from sqlalchemy import Engine, MetaData, select
 from agents.review.store import ReviewStore
 from infra.broker import free_port
 from infra.errors import ChildExited
-from infra.kafka import RecordPublisher, ensure_topics
 from infra.runtime import ServerProcess
 from infra.waiting import wait_until
-from schemas.model_updates import MODEL_UPDATES_TOPIC, ModelUpdate
+from schemas.model_updates import ModelUpdate
 from schemas.settings import Settings
 from serving.client import ConvertClient
 from serving.errors import ConvertFailed
@@ -54,11 +53,20 @@ def review_pending(engine: Engine, reviewer: str = REVIEWER) -> dict[str, int]:
     return dict(taken)
 
 
-def publish_update(settings: Settings, update: ModelUpdate) -> None:
-    """Announce a champion move on ``model-updates`` (what ``s2a scheduler`` does)."""
-    ensure_topics(settings, (MODEL_UPDATES_TOPIC,))
-    with RecordPublisher(settings, MODEL_UPDATES_TOPIC, client_id="s2a-demo") as publisher:
-        publisher.publish_raw(update.key(), update.to_bytes())
+def announce(settings: Settings, engine: Engine, deadline_s: float = 60.0) -> int:
+    """Send what waits in the outbox (the champion moves and review decisions, written there
+    in their own transactions) through the product's relay; the number of records sent.
+    Raises :class:`~infra.errors.WaitTimeout` when the broker did not take them in time."""
+    from infra.errors import WaitTimeout
+    from infra.outbox import OutboxRelay
+
+    delivery = OutboxRelay(settings, engine).flush(deadline_s=deadline_s)
+    if not delivery.done:
+        raise WaitTimeout(
+            f"the outbox relay sent {delivery.sent}, {delivery.left} still waiting after "
+            f"{deadline_s:.0f}s ({delivery.error or 'no error'})"
+        )
+    return delivery.sent
 
 
 def with_server_port(settings: Settings) -> Settings:
@@ -124,15 +132,15 @@ class SwapUnderLoad:
 
 
 def swap_under_load(
-    settings: Settings,
     address: str,
     update: ModelUpdate,
     image: bytes,
+    send: Callable[[], object],
     *,
     callers: int = 2,
 ) -> SwapUnderLoad:
-    """Keep ``callers`` clients converting ``image`` while ``update`` is announced; stop
-    once the new version has answered :data:`CALLS_AFTER_SWAP` calls after the old one
+    """Keep ``callers`` clients converting ``image`` while ``send()`` announces ``update``;
+    stop once the new version has answered :data:`CALLS_AFTER_SWAP` calls after the old one
     answered at least one (so the swap happened under load)."""
     result = SwapUnderLoad(callers=callers)
     lock = threading.Lock()
@@ -167,7 +175,7 @@ def swap_under_load(
             what=f"a call answered by version {previous}",
             poll_s=0.05,
         )
-        publish_update(settings, update)
+        send()
         wait_until(
             lambda: answered(update.version, CALLS_AFTER_SWAP),
             deadline_s=SERVER_DEADLINE_S,
