@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from PIL import Image, ImageOps
-from sqlalchemy import Engine, Table, select
-from sqlmodel import SQLModel
+from sqlalchemy import Engine, select
 
+from agents.review.rows import FACES, PAIRS, REFS
 from agents.stores.blobs import BlobStore, open_blobs
 from infra.demo.samples import ERASED_SUBJECT, samples_dir
 from schemas.settings import Settings
-from schemas.tables import AnimeRef, Face, Pair
 from trainer.dataset.report import bar_chart, coverage
 from trainer.dataset.snapshot import read_manifest
 from trainer.registry import CHAMPION, Registry
@@ -38,13 +37,6 @@ if TYPE_CHECKING:
 REPORT_NAME = "demo-report.html"
 THUMB_PX = 128
 _JPEG_QUALITY = 82
-
-
-def _table(model: type[SQLModel]) -> Table:
-    return SQLModel.metadata.tables[str(model.__tablename__)]
-
-
-PAIRS, FACES, REFS = _table(Pair), _table(Face), _table(AnimeRef)
 
 
 def thumbnail(data: bytes, size: int = THUMB_PX) -> str:

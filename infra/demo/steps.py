@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, select
 
 from agents.review.store import ReviewStore
-from infra.broker import free_port
 from infra.errors import ChildExited
 from infra.runtime import ServerProcess
 from infra.waiting import wait_until
@@ -67,12 +66,6 @@ def announce(settings: Settings, engine: Engine, deadline_s: float = 60.0) -> in
             f"{deadline_s:.0f}s ({delivery.error or 'no error'})"
         )
     return delivery.sent
-
-
-def with_server_port(settings: Settings) -> Settings:
-    """The settings with a free loopback port for the Convert server."""
-    serving = settings.serving.model_copy(update={"host": "127.0.0.1", "port": free_port()})
-    return settings.model_copy(update={"serving": serving})
 
 
 @contextmanager
