@@ -22,6 +22,7 @@ from agents.pairing.pairer import Pairer
 from agents.pipeline import IngestPipeline
 from agents.resources import WorkerResources, build_pairer
 from schemas import erasure, rejections, uploads
+from schemas.errors import Transient
 from schemas.pairs import FACES_TOPIC, PAIRS_TOPIC
 from schemas.settings import Settings
 
@@ -122,8 +123,14 @@ def create_app(
 
     @app.task
     async def _load_models() -> None:
-        # Load before the first record arrives, so the first batch is not slow.
-        await resources.pairer()
+        # Load before the first record arrives, so the first batch is not slow. A store
+        # that is down now is the first batch's to retry (agents.batches.until_done).
+        try:
+            await resources.pairer()
+        except Exception as exc:
+            if not isinstance(exc, Transient):  # a mixin: `except Transient` is a TypeError
+                raise
+            log.warning("stores not ready at start (%s); the first batch loads them", exc)
 
     @app.timer(interval=30.0)
     async def _report() -> None:

@@ -1,9 +1,13 @@
-"""How both agents move records: take a batch, finish it or exit uncommitted, send and await.
+"""How every agent moves records: take a batch, finish it or exit uncommitted, send and await.
 
-One error policy for every stream (a failed batch stops the worker without committing, so
-its supervisor restarts it and the broker re-delivers; every sink is idempotent), one
-shutdown rule (a batch in hand is finished before the worker stops) and one way to send
-(every record acknowledged by the broker before the caller goes on).
+One error policy for every stream: a batch that fails on a store or the broker (a
+:class:`~schemas.errors.Transient` error: PostgreSQL restarting, Qdrant unreachable) is
+run again in the process, with backoff, for up to ``worker.store_retry_s``; any other
+failure, or one that outlasts that budget, stops the worker without committing, so its
+supervisor restarts it and the broker re-delivers. Running a batch again is safe because
+every sink is idempotent (a re-delivery does the same). One shutdown rule (a batch in hand
+is finished before the worker stops) and one way to send (every record acknowledged by the
+broker before the caller goes on).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import faust
 from faust.types import EventT
 
 from agents.errors import EXIT_RESTART
+from schemas.errors import Transient
 from schemas.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,11 @@ T = TypeVar("T")
 
 BatchHandler = Callable[[Sequence[EventT]], Awaitable[dict[str, int]]]
 """Handles one batch of events to its end; returns counts by outcome for the logs."""
+
+#: First and longest wait between two runs of a batch that failed on a store, in seconds
+#: (doubling in between: 1, 2, 4, ... 30).
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
 
 
 async def consume(
@@ -47,7 +57,7 @@ async def consume(
     async for events in batches:
         started = time.perf_counter()
         try:
-            counts = await finish(asyncio.ensure_future(handle(events)))
+            counts = await until_done(handle, events, agent, worker.store_retry_s)
         except Exception as exc:
             # Faust acknowledges a taken batch even when the loop body raises, so an
             # error here would commit records that were never finished. Exit at once
@@ -67,6 +77,40 @@ async def consume(
             totals,
         )
         waited_since = done
+
+
+async def until_done(
+    handle: BatchHandler, events: Sequence[EventT], agent: str, retry_s: float
+) -> dict[str, int]:
+    """Run ``handle(events)`` to its end; run it again while it fails on a store.
+
+    Waits 1, 2, 4 ... up to 30 s between runs, and gives up (re-raising the last error)
+    when the next run would start more than ``retry_s`` seconds after the first. Other
+    errors are raised at once. A shutdown during a wait exits the process uncommitted
+    (:data:`~agents.errors.EXIT_RESTART`): unwinding would let Faust acknowledge a batch
+    that never finished.
+    """
+    deadline = time.monotonic() + retry_s
+    wait = FIRST_BACKOFF_S
+    while True:
+        try:
+            return await finish(asyncio.ensure_future(handle(events)))
+        except Exception as exc:
+            if not isinstance(exc, Transient) or time.monotonic() + wait > deadline:
+                raise
+            log.warning(
+                "%s batch of %d failed on a store (%s); running it again in %.0f s",
+                agent,
+                len(events),
+                exc,
+                wait,
+            )
+        try:
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            log.warning("%s stopped while a failed batch waited; exiting without commit", agent)
+            os._exit(EXIT_RESTART)
+        wait = min(wait * 2, MAX_BACKOFF_S)
 
 
 async def finish(batch: asyncio.Future[T]) -> T:

@@ -55,16 +55,17 @@ class WorkerResources:
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     async def pipeline(self) -> IngestPipeline:
-        """The ingest pipeline, loading it on the first call."""
+        """The ingest pipeline, loading it on the first call (and on the next call after a
+        load that failed: a database that was down at start may be back)."""
         # One shared future: the start-up task and the first batch may both ask at once,
         # and the stores (the Qdrant local store above all) must be opened only once.
-        if self._pipeline is None:
+        if self._pipeline is None or _failed(self._pipeline):
             self._pipeline = asyncio.ensure_future(self.run(self._pipeline_factory, self.settings))
         return await self._pipeline
 
     async def pairer(self) -> Pairer:
         """The pairer, loading it (after the pipeline, whose face index it shares) first."""
-        if self._pairer is None:
+        if self._pairer is None or _failed(self._pairer):
             self._pairer = asyncio.ensure_future(self._build_pairer())
         return await self._pairer
 
@@ -78,3 +79,8 @@ class WorkerResources:
         if future is None or not future.done() or future.exception() is not None:
             return None
         return future.result()
+
+
+def _failed(future: asyncio.Future[T]) -> bool:
+    """True when ``future`` ended with an error (cancelled counts as one)."""
+    return future.done() and (future.cancelled() or future.exception() is not None)

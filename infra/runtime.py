@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +21,10 @@ from infra.logs import logging_config
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
+#: First and longest wait before restarting a worker that asked for it, in seconds.
+RESTART_BACKOFF_S = (1.0, 30.0)
+#: A worker that ran this long before asking for a restart starts the backoff over.
+STABLE_RUN_S = 60.0
 
 
 def run_worker(settings: Settings) -> None:
@@ -27,19 +32,27 @@ def run_worker(settings: Settings) -> None:
     import faust
 
     from agents.app import create_app
-    from agents.stores.db import create_engine_for
+    from agents.errors import StorageError
+    from agents.stores.db import create_engine_for, sql_errors
     from agents.stores.keys import checked_pseudonym_key
     from schemas.migrate import upgrade
 
     settings.home.mkdir(parents=True, exist_ok=True)
     # A lost or changed pseudonym key stops the worker here, with one line saying what to
     # do, rather than in its first batch (which would exit to be restarted, again and again).
-    upgrade(settings.sql_url)
-    engine = create_engine_for(settings.sql_url)
+    # A database that does not answer is different: it may be restarting, so the worker
+    # exits for its supervisor to start it again (Stack.check_worker, or Kubernetes).
     try:
-        checked_pseudonym_key(settings, engine)
-    finally:
-        engine.dispose()
+        with sql_errors("migrating the database"):
+            upgrade(settings.sql_url)
+        engine = create_engine_for(settings.sql_url)
+        try:
+            checked_pseudonym_key(settings, engine)
+        finally:
+            engine.dispose()
+    except StorageError as exc:
+        log.error("database not reachable at start (%s); exiting for a restart", exc)
+        sys.exit(EXIT_RESTART)
     ensure_topics(settings)
     app = create_app(settings)
     worker = faust.Worker(
@@ -139,6 +152,11 @@ class Stack:
                 settings.broker_host, settings.broker_port, settings.run_dir / "broker.log"
             )
         self.worker = WorkerProcess(settings)
+        #: Restarts made by :meth:`check_worker`, for the logs and tests.
+        self.restarts = 0
+        self._started_at = time.monotonic()
+        self._restart_due: float | None = None
+        self._backoff_s = RESTART_BACKOFF_S[0] / 2
         self.services: list[ChildProcess] = (
             [SchedulerProcess(settings), ServerProcess(settings)] if services else []
         )
@@ -153,7 +171,7 @@ class Stack:
             self.broker.start()
         try:
             ensure_topics(self.settings)
-            self.worker.start()
+            self.start_worker()
             for service in self.services:
                 service.start()
         except BaseException:
@@ -162,25 +180,64 @@ class Stack:
         return self
 
     def supervise(self) -> None:
-        """Block while the worker runs; restart it when it asks to be restarted."""
+        """Block while the worker runs; restart it whenever it asks to be restarted."""
         while True:
             proc = self.worker.proc
             if proc is None:
                 raise BrokerError("worker was never started")
-            code = proc.wait()
-            if code != EXIT_RESTART:
-                raise BrokerError(f"worker exited with status {code}; see {self.worker.log_path}")
-            log.warning("worker asked for a restart after a failed batch; restarting")
-            self.worker.start()
+            proc.wait()
+            self.check_worker()
+            if self._restart_due is not None:
+                time.sleep(max(0.0, self._restart_due - time.monotonic()))
+                self.check_worker()
 
     def worker_alive(self) -> bool:
         return self.worker.proc is not None and self.worker.proc.poll() is None
 
     def check_worker(self) -> None:
-        """Raise when the worker has exited (for :func:`infra.waiting.wait_until`)."""
-        if not self.worker_alive():
+        """Restart the worker if it exited asking for it (:data:`EXIT_RESTART`: a failed
+        batch, or a database down at start), once its backoff has passed; raise when it
+        exited for any other reason. Non-blocking: for :func:`infra.waiting.wait_until`'s
+        ``alive`` and for :meth:`supervise`.
+
+        The backoff doubles from 1 s to 30 s while restarted workers keep exiting within
+        a minute of their start (a database that stays down), and starts again at 1 s
+        after a worker that ran longer.
+        """
+        proc = self.worker.proc
+        if proc is None:
+            raise BrokerError("worker was never started")
+        code = proc.poll()
+        if code is None:
+            return
+        if code != EXIT_RESTART:
             tail = self.worker.log_path.read_text()[-3000:] if self.worker.log_path.exists() else ""
-            raise BrokerError(f"the worker stopped; see {self.worker.log_path}\n{tail}")
+            raise BrokerError(
+                f"the worker exited with status {code}; see {self.worker.log_path}\n{tail}"
+            )
+        now = time.monotonic()
+        if self._restart_due is None:
+            ran_s = now - self._started_at
+            self._backoff_s = (
+                RESTART_BACKOFF_S[0]
+                if ran_s > STABLE_RUN_S
+                else min(self._backoff_s * 2, RESTART_BACKOFF_S[1])
+            )
+            self._restart_due = now + self._backoff_s
+            log.warning(
+                "worker asked for a restart after %.0f s; restarting in %.0f s",
+                ran_s,
+                self._backoff_s,
+            )
+        if now >= self._restart_due:
+            self._restart_due = None
+            self.restarts += 1
+            self.start_worker()
+
+    def start_worker(self) -> None:
+        """Start the worker (again, after a kill: what an outside supervisor does)."""
+        self._started_at = time.monotonic()
+        self.worker.start()
 
     def close(self) -> None:
         for service in self.services:

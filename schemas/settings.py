@@ -154,6 +154,13 @@ class WorkerSettings(_Group):
         "(Tansu waits the full timeout before every join) and 60 s on a Kafka cluster",
     )
     session_timeout_s: float | None = Field(None, gt=0, description="unset = as rebalance")
+    store_retry_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long a batch that failed on a store (SQL, Qdrant, blobs) is run again "
+        "in the worker, waiting 1, 2, 4 ... 30 s between runs, before the worker exits "
+        "uncommitted for its supervisor to restart it; 0 = exit at the first failure",
+    )
     duplicate_similarity: float = Field(
         0.985,
         gt=0,
