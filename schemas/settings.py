@@ -17,7 +17,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -604,6 +604,20 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
     )
+
+    def __init__(self, **values: Any) -> None:
+        """Raises :class:`~schemas.errors.ConfigError` for a keyword that is no field.
+
+        ``extra="ignore"`` is for the environment (an ``S2A_*`` variable of another version
+        must not stop a process); a keyword is a caller's typo, which would otherwise
+        build the default silently (``Settings(sql_url=...)`` opening SQLite in home).
+        Underscored keywords are pydantic-settings' own (``_env_file``).
+        """
+        fields = type(self).model_fields
+        unknown = sorted(k for k in values if not k.startswith("_") and k not in fields)
+        if unknown:
+            raise ConfigError(f"no such setting {', '.join(unknown)}; SETTINGS.md lists them")
+        super().__init__(**values)
 
     home: Path = Field(Path.home() / ".selfie2anime", description="all local state lives here")
     kafka_bootstrap: str | None = Field(
