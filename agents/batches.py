@@ -1,6 +1,6 @@
 """How every agent moves records: take a batch, finish it or exit uncommitted, send and await.
 
-One error policy for every stream: a batch that fails on a store or the broker (a
+One error policy for every stream: a batch that fails on a store (a
 :class:`~schemas.errors.Transient` error: PostgreSQL restarting, Qdrant unreachable) is
 run again in the process, with backoff, for up to ``worker.store_retry_s``; any other
 failure, or one that outlasts that budget, stops the worker without committing, so its
