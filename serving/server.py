@@ -53,7 +53,6 @@ from collections.abc import Callable, Mapping
 from concurrent import futures
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import grpc
 import torch
@@ -67,6 +66,7 @@ from schemas.settings import Settings
 from serving.auth import TokenAuth, check_exposure, server_credentials
 from serving.batching import MicroBatcher
 from serving.engines import (
+    Engine,
     EngineFactory,
     available_engines,
     default_factory,
@@ -308,9 +308,13 @@ def create_server(
     threads = thread_plan(serving.intra_op_threads)
     factory = engine_factory or default_factory(int8=serving.int8, threads=threads.threads)
 
-    def loader(version: ModelVersion) -> Any:
+    def loader(version: ModelVersion, *, previous: Engine | None = None) -> Engine:
         return load_engine(
-            version, serving.engine, warmup_runs=serving.warmup_runs, factory=factory
+            version,
+            serving.engine,
+            warmup_runs=serving.warmup_runs,
+            factory=factory,
+            previous=previous,
         )
 
     swapper = Swapper(holder, loader, metrics=metrics)

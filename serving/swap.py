@@ -9,7 +9,9 @@ at any moment and still know when the old model is no longer in use.
     fetch (S3 storage only)         the version from the artifact store into the cache
     read the version directory      export.json (and config.json)
     verify every hash               export.json's files + the update's artifacts
-    load and warm up beside         a second engine; the old one keeps answering
+    load and warm up beside         a second engine; the old one keeps answering (a
+                                    loader gets the old engine as ``previous``, to
+                                    reuse read-only: TensorRT refits its plan)
     flip                            one assignment under the holder's lock
     drain                           wait until every lease on the old model is returned
     unload the old engine
@@ -22,7 +24,7 @@ the registry is the same path with an older version number.
 Example::
 
     holder = ModelHolder()
-    swapper = Swapper(holder, loader=lambda v: load_engine(v, "auto"))
+    swapper = Swapper(holder, loader=lambda v, previous=None: load_engine(v, previous=previous))
     swapper.load(Path("models/converter/7"), artifacts=update.artifacts)
     with holder.lease() as model:
         model.engine.infer(selfie, base)
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from serving.engines import Engine
 from serving.errors import ModelLoadError, NotReady
@@ -105,16 +108,22 @@ class ModelHolder:
             return self._changed.wait_for(lambda: model.leases == 0, timeout=timeout_s)
 
 
-Loader = Callable[[ModelVersion], Engine]
-"""``version -> a loaded, warmed-up engine`` (``serving.engines.load_engine`` bound to
-the settings); raises :class:`ModelLoadError`."""
+class Loader(Protocol):
+    """``version -> a loaded, warmed-up engine`` (``serving.engines.load_engine`` bound to
+    the settings), handed the engine serving now as ``previous`` (None before the first
+    load), e.g. ``lambda v, previous=None: load_engine(v, "auto", previous=previous)``.
+    It may read that engine (TensorRT refits its plan) but must leave it serving; raises
+    :class:`ModelLoadError`."""
+
+    def __call__(self, version: ModelVersion, *, previous: Engine | None = None) -> Engine: ...
 
 
 class Swapper:
     """Loads versions into a :class:`ModelHolder`, one at a time (see the module doc).
 
-    ``on_change(model)`` runs after each successful flip (the server sets health SERVING
-    there); ``metrics`` counts swaps and failed swaps.
+    ``loader``: a :class:`Loader`, handed the serving engine with each load. ``on_change(model)``
+    runs after each successful flip (the server sets health SERVING there); ``metrics``
+    counts swaps and failed swaps.
     """
 
     def __init__(
@@ -161,7 +170,7 @@ class Swapper:
                 if current is not None and _same(current.version, info):
                     return current, False
                 verify(info, artifacts)
-                engine = self.loader(info)
+                engine = self._load_engine(info, current)
             except ModelLoadError as exc:
                 self.failed_swaps += 1
                 if self.metrics is not None:
@@ -177,15 +186,21 @@ class Swapper:
             if self.on_change is not None:
                 self.on_change(new)
             log.info(
-                "serving %s on %s (was %s), loaded and warmed up in %.2fs",
+                "serving %s on %s%s (was %s), loaded and warmed up in %.2fs",
                 info.label,
                 engine.name,
+                f", {engine.loaded_by}" if engine.loaded_by else "",
                 old.version.label if old else "none",
                 time.perf_counter() - began,
             )
         if old is not None:
             self._retire(old)
         return new, True
+
+    def _load_engine(self, version: ModelVersion, current: LoadedModel | None) -> Engine:
+        # The current model cannot be retired meanwhile: swaps and unload() take turns.
+        previous = current.engine if current is not None else None
+        return self.loader(version, previous=previous)
 
     def unload(self) -> None:
         """Take the current model out of service and free it (server shutdown)."""

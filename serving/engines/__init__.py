@@ -1,8 +1,9 @@
 """Engines behind one interface (:class:`~serving.engines.base.Engine`), and the choice of
 the best one a machine can run.
 
-``auto`` tries, in order: TensorRT (a ``model.plan``, ``tensorrt`` importable and a CUDA
-GPU), ONNX Runtime (``model.onnx``; CUDA provider where present, else CPU), PyTorch eager
+``auto`` tries, in order: TensorRT (a ``model.plan``, or the serving TensorRT plan refit
+with the version's weights when only the weights changed; ``tensorrt`` importable and a
+CUDA GPU), ONNX Runtime (``model.onnx``; CUDA provider where present, else CPU), PyTorch eager
 (the merged weights). The first that loads and warms up serves; what was skipped, and why,
 is logged.
 
@@ -126,12 +127,19 @@ def load_engine(
     *,
     warmup_runs: int = 2,
     factory: EngineFactory | None = None,
+    previous: Engine | None = None,
 ) -> Engine:
     """A loaded, warmed-up engine for ``version``: the one asked for, or with ``auto`` the
     best of :data:`ORDER` that loads.
 
+    ``previous``: the engine serving now (a swap's old model), handed to each engine's
+    :meth:`~Engine.load` and left serving (TensorRT refits its plan; see
+    :mod:`serving.engines.tensorrt`).
+
     Raises :class:`ModelLoadError` when none can (with each engine's reason), or when the
-    one asked for cannot.
+    one asked for cannot. An engine's :class:`EngineUnavailable` moves ``auto`` on to the
+    next one; any other :class:`ModelLoadError` (a failed TensorRT refit among them) is
+    raised at once, so a swap keeps the old model rather than serve on a lesser engine.
     """
     make = factory or default_factory()
     kinds = ORDER if choice == "auto" else (choice,)
@@ -139,7 +147,7 @@ def load_engine(
     for kind in kinds:
         engine = make(kind)
         try:
-            engine.load(version)
+            engine.load(version, previous=previous)
             engine.warm_up(warmup_runs)
         except EngineUnavailable as exc:
             engine.unload()
@@ -149,6 +157,11 @@ def load_engine(
         except ModelLoadError:
             engine.unload()
             raise
-        log.info("engine %s serves %s", engine.name, version.label)
+        log.info(
+            "engine %s serves %s%s",
+            engine.name,
+            version.label,
+            f" ({engine.loaded_by})" if engine.loaded_by else "",
+        )
         return engine
     raise ModelLoadError(f"no engine can serve {version.path}: {'; '.join(reasons)}")

@@ -1,9 +1,10 @@
 """The one interface every engine has, and the per-item error handling they share.
 
-Lifecycle (as a Triton python_backend model's): ``load`` a version directory, ``warm_up``,
-``infer`` batches, ``unload``. ``infer`` takes the generator's two inputs for N images and
-returns N answers, each an output array or the error of that image alone: one image that
-breaks the model never fails its batch mates.
+Lifecycle (as a Triton python_backend model's): ``load`` a version directory (with the
+engine serving now as ``previous``, which an engine may reuse: TensorRT refits its plan),
+``warm_up``, ``infer`` batches, ``unload``. ``infer`` takes the generator's two inputs for
+N images and returns N answers, each an output array or the error of that image alone: one
+image that breaks the model never fails its batch mates.
 
 Shapes: ``selfie`` and ``base`` are float32 ``(N, 3, R, R)`` RGB in [-1, 1] (see
 :mod:`serving.version`); each output is float32 ``(3, R, R)`` in (-1, 1).
@@ -51,11 +52,19 @@ class Engine(ABC):
 
     def __init__(self) -> None:
         self.version: ModelVersion | None = None
+        #: How the loaded model got in, for logs (TensorRT: ``"deserialized model.plan"`` or
+        #: ``"refit from converter v3"``); empty for engines with one way to load.
+        self.loaded_by = ""
 
-    def load(self, version: ModelVersion) -> None:
-        """Load ``version``; raises :class:`ModelLoadError` (or :class:`EngineUnavailable`)."""
+    def load(self, version: ModelVersion, *, previous: Engine | None = None) -> None:
+        """Load ``version``; raises :class:`ModelLoadError` (or :class:`EngineUnavailable`).
+
+        ``previous``: the engine serving now (a swap's old model, or None). An engine may
+        read it to load faster (TensorRT refits the serving plan with ``version``'s weights)
+        but never changes it: it keeps answering until the swap flips.
+        """
         try:
-            self._load(version)
+            self._load_beside(version, previous)
         except ModelLoadError:
             raise
         except Exception as exc:  # a runtime's own errors (ORT, torch, TensorRT) vary
@@ -97,6 +106,7 @@ class Engine(ABC):
         if self.version is not None:
             self._unload()
             self.version = None
+            self.loaded_by = ""
 
     def _checked(self, output: Array) -> Answer:
         if not np.all(np.isfinite(output)) or float(np.max(np.abs(output))) > 1.0 + 1e-3:
@@ -107,6 +117,10 @@ class Engine(ABC):
         if self.version is None:
             raise ModelLoadError(f"{self.name} engine used before load()")
         return self.version
+
+    def _load_beside(self, version: ModelVersion, previous: Engine | None) -> None:
+        """:meth:`_load`, for engines that have no use for the serving one."""
+        self._load(version)
 
     @abstractmethod
     def _load(self, version: ModelVersion) -> None: ...

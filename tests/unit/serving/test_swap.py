@@ -12,7 +12,7 @@ from fakes import GateEngine
 from serving_fixture import corrupt
 
 from infra.waiting import wait_until
-from serving.engines import load_engine
+from serving.engines import Engine, load_engine
 from serving.errors import ArtifactMismatch, ModelLoadError, NotReady
 from serving.metrics import ServingMetrics
 from serving.swap import ModelHolder, Swapper
@@ -22,10 +22,10 @@ from serving.version import ModelVersion
 def _real_swapper(metrics: ServingMetrics | None = None) -> tuple[ModelHolder, Swapper]:
     holder = ModelHolder()
 
-    def loader(version: ModelVersion) -> GateEngine | object:
-        return load_engine(version, "onnxruntime", warmup_runs=1)
+    def loader(version: ModelVersion, *, previous: Engine | None = None) -> Engine:
+        return load_engine(version, "onnxruntime", warmup_runs=1, previous=previous)
 
-    return holder, Swapper(holder, loader, metrics=metrics)  # type: ignore[arg-type]
+    return holder, Swapper(holder, loader, metrics=metrics)
 
 
 def test_a_swap_moves_the_reference_and_reports_no_change_for_the_same_version(
@@ -74,13 +74,13 @@ def test_the_old_model_is_unloaded_only_after_its_batches_finish(models_dir: Pat
     holder = ModelHolder()
     engines: list[GateEngine] = []
 
-    def loader(version: ModelVersion) -> GateEngine:
+    def loader(version: ModelVersion, *, previous: Engine | None = None) -> GateEngine:
         engine = GateEngine()
         engine.load(version)
         engines.append(engine)
         return engine
 
-    swapper = Swapper(holder, loader)  # type: ignore[arg-type]
+    swapper = Swapper(holder, loader)
     old, _ = swapper.load(models_dir / "converter" / "1")
     leased = threading.Event()
     finish = threading.Event()
