@@ -27,9 +27,18 @@
    snapshots (``snapshots`` and every ``snapshot_subjects`` row of them: the snapshot is
    gone, not rebuilt; the next retrain freezes a new one without the subject); the
    subject's ``version_subjects`` rows, each version counted in ``version_erasures`` so
-   the retrain trigger fires; and the ``erasure_audit`` row. On SQLite the transaction
-   runs with ``secure_delete`` and is followed by a WAL checkpoint, so no copy of a
-   deleted row stays in the database's free pages or its log.
+   the retrain trigger fires; the subject's tombstone; and the ``erasure_audit`` row. On
+   SQLite the transaction runs with ``secure_delete`` and is followed by a WAL checkpoint,
+   so no copy of a deleted row stays in the database's free pages or its log.
+
+The tombstone (:mod:`agents.stores.tombstones`) is what keeps the erasure done: an upload
+of the subject still queued in Kafka (published before, consumed after), or sent again
+with its old consent, is refused ``subject_erased`` instead of bringing the subject back;
+one with a consent granted after the erasure is ingested. It is written whatever the
+outcome (a subject never seen may have uploads on their way) and holds a keyed digest of
+the pseudonym, never the pseudonym, so making it needs the pseudonym key. The transaction
+takes the subject's lock first, as ingestion's recording transaction does: a face
+recorded before it is seen (and the erasure plans again), one not yet recorded is refused.
 
 Points, blobs and files first, SQL last, as in :mod:`agents.sink`: every step before the
 commit is idempotent, and a crash anywhere leaves the SQL rows that lead a re-run to the
@@ -38,17 +47,19 @@ resumed erasure reports what the subject had; only ``exports`` and ``sample_grid
 what the finishing run found on disk (an interrupted run may have removed some already).
 A request already in the audit log (same ``request_id``) changes nothing and answers with
 the recorded counts; a subject with nothing left (erased before, or never seen) gets an
-audit row with ``outcome='nothing_found'`` and zero counts.
+audit row with ``outcome='nothing_found'`` and zero counts, and its tombstone (one row per
+subject) moves to the new erasure's time.
 
 The audit row holds no subject reference at all (see :class:`schemas.tables.ErasureAudit`),
-and nothing here logs the pseudonym.
+the tombstone only the keyed digest (:class:`schemas.tables.Tombstone`), and nothing here
+logs the pseudonym.
 
 Example::
 
     eraser = Eraser.from_settings(settings, engine, open_client(settings))
-    result = eraser.erase(pseudonymize("app-user-42", settings.resolve_pseudonym_key()),
-                          request_id="er-1", requested_by="privacy-office",
-                          requested_at=datetime.now(UTC))
+    result = eraser.erase_request(ErasureRequest(subject_id="app-user-42",
+                                                 requested_by="privacy-office",
+                                                 requested_at=datetime.now(UTC)), key)
     result.outcome, result.counts["faces"]    # ('erased', 3)
 """
 
@@ -73,8 +84,11 @@ from agents.stages.anonymize import pseudonymize
 from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import for_writing, sql_errors
 from agents.stores.faces import FACES
+from agents.stores.keys import checked_pseudonym_key
 from agents.stores.outbox import forget
+from agents.stores.tombstones import lock_subject, record_tombstone, tombstone_digest
 from schemas.erasure import ErasureRequest
+from schemas.errors import ConfigError
 from schemas.pairs import PAIRS_TOPIC, PairStatus
 from schemas.reasons import UploadState
 from schemas.settings import Settings
@@ -138,6 +152,10 @@ COVERED: Mapping[str, str] = {
     "version_subjects.subject": "the rows are deleted; version_erasures counts them",
     "version_erasures.erased_subjects": "a count the eraser keeps, no reference",
     "outbox.key": "the subject's pairs records (keyed by its pseudonym) are deleted",
+    "tombstones.subject_digest": (
+        "written, not removed: a keyed digest (HMAC under the pseudonym key), not the "
+        "pseudonym, that refuses the subject's uploads consented before the erasure"
+    ),
 }
 
 #: What the files of an export are recognised by (``trainer.dataset.export`` writes it).
@@ -239,11 +257,12 @@ class Eraser:
 
     ``client`` is the Qdrant client of the faces collections (the worker's own when it
     runs: the local store admits one process). ``export_roots`` are searched for exports
-    besides ``dataset_dir``.
+    besides ``dataset_dir``. ``key`` is the pseudonym key, for the tombstone: needed by
+    :meth:`erase` (:meth:`erase_request` brings its own).
 
     Example::
 
-        eraser = Eraser(engine, client, open_blobs(settings), settings.dataset_dir)
+        eraser = Eraser(engine, client, open_blobs(settings), settings.dataset_dir, key=key)
         eraser.erase(pseudonym, request_id="er-1", requested_by="alice",
                      requested_at=datetime.now(UTC)).counts
     """
@@ -259,6 +278,7 @@ class Eraser:
         via: str = "direct",
         models_dir: Path | None = None,
         artifacts: ObjectStore | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.engine = engine
         self._writer = for_writing(engine)
@@ -271,11 +291,21 @@ class Eraser:
         # the artifact store with the version: its sample grids go there too.
         self.models_dir = models_dir
         self.artifacts = artifacts
+        self.key = key
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, engine: Engine, client: QdrantClient, *, via: str = "direct"
+        cls,
+        settings: Settings,
+        engine: Engine,
+        client: QdrantClient,
+        *,
+        via: str = "direct",
+        key: bytes | None = None,
     ) -> Eraser:
+        """The eraser of the stores ``settings`` name; without ``key``, the pseudonym key
+        checked against the database (:func:`agents.stores.keys.checked_pseudonym_key`:
+        a :class:`~schemas.errors.ConfigError` for another key)."""
         return cls(
             engine,
             client,
@@ -285,6 +315,7 @@ class Eraser:
             via=via,
             models_dir=settings.models_dir,
             artifacts=artifact_store(settings),
+            key=key if key is not None else checked_pseudonym_key(settings, engine),
         )
 
     def erase_request(self, request: ErasureRequest, key: bytes) -> ErasureResult:
@@ -295,16 +326,33 @@ class Eraser:
             request_id=request.request_id,
             requested_by=request.requested_by,
             requested_at=request.requested_at,
+            key=key,
         )
 
     def erase(
-        self, pseudonym: str, *, request_id: str, requested_by: str, requested_at: datetime
+        self,
+        pseudonym: str,
+        *,
+        request_id: str,
+        requested_by: str,
+        requested_at: datetime,
+        key: bytes | None = None,
     ) -> ErasureResult:
-        """Remove the subject ``pseudonym`` everywhere; the audit row's answer.
+        """Remove the subject ``pseudonym`` everywhere and leave its tombstone; the audit
+        row's answer. ``key`` is the pseudonym key ``pseudonym`` was made with (default:
+        the eraser's own).
 
-        Raises :class:`~agents.errors.StorageError` when a store fails; running the same
-        request again then finishes the erasure.
+        Raises :class:`~schemas.errors.ConfigError`, before anything is removed, when there
+        is no key to make the tombstone with; :class:`~agents.errors.StorageError` when a
+        store fails (running the same request again then finishes the erasure).
         """
+        key = key if key is not None else self.key
+        if not key:
+            raise ConfigError(
+                f"erasure {request_id}: no pseudonym key to make the subject's tombstone "
+                "with; pass key=, or build the eraser with Eraser.from_settings"
+            )
+        tombstone = tombstone_digest(pseudonym, key)
         done = find_audit(self.engine, request_id)
         if done is not None:
             log.info("erasure %s was carried out at %s; nothing to do", request_id, done.erased_at)
@@ -322,7 +370,9 @@ class Eraser:
                 "points": points,
                 "sample_grids": grids,
             }
-            result = self._commit(pseudonym, plan, counts, request_id, requested_by, requested_at)
+            result = self._commit(
+                pseudonym, tombstone, plan, counts, request_id, requested_by, requested_at
+            )
             if result is not None:
                 log.info(
                     "erasure %s by %s: %s %s",
@@ -515,14 +565,16 @@ class Eraser:
     def _commit(
         self,
         pseudonym: str,
+        tombstone: str,
         plan: _Plan,
         counts: dict[str, int],
         request_id: str,
         requested_by: str,
         requested_at: datetime,
     ) -> ErasureResult | None:
-        """Remove the rows and write the audit row in one transaction; None (nothing
-        written) when the subject's faces changed since the plan."""
+        """Remove the rows, write the tombstone (digest ``tombstone``) and the audit row in
+        one transaction; None (nothing written) when the subject's faces changed since the
+        plan."""
         faces = select(_FACES.c.face_id).where(_FACES.c.subject == pseudonym)
         pairs = select(_PAIRS.c.pair_id).where(
             or_(_PAIRS.c.subject == pseudonym, _PAIRS.c.face_id.in_(faces))
@@ -533,6 +585,9 @@ class Eraser:
             if connection.dialect.name == "sqlite":
                 # Deleted rows are overwritten with zeros, not left in free pages.
                 connection.exec_driver_sql("PRAGMA secure_delete = ON")
+            # Before anything is read: a face being recorded now is either committed, and
+            # in the read below (the erasure plans again), or refused by the tombstone.
+            lock_subject(connection, tombstone)
             done = (
                 connection.execute(select(_AUDIT).where(_AUDIT.c.request_id == request_id))
                 .mappings()
@@ -614,6 +669,7 @@ class Eraser:
                 "snapshots": snapshots,
                 "model_versions": marked,
             }
+            record_tombstone(connection, tombstone, now)
             connection.execute(insert(_AUDIT).values(**row))
         self._checkpoint()
         return ErasureResult.from_row(row)

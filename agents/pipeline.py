@@ -43,9 +43,9 @@ from agents.stages.detect import FaceDetector
 from agents.stages.embed import Embedder, build_embedder
 from agents.stages.imageio import decode_image
 from agents.stages.label import measured_labels
-from agents.stages.prepare import PreparedFace, prepare_face
+from agents.stages.prepare import PreparedFace, face_id_for, prepare_face
 from agents.stages.quality import assess
-from agents.stages.validate import upload_id_of, validate
+from agents.stages.validate import check_not_erased, upload_id_of, validate
 from agents.stores.repository import Repository
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection
@@ -175,7 +175,8 @@ class IngestPipeline:
         # Before any model loads: a key other than the one the stored subjects were
         # pseudonymized under fails the start, with what to do (agents.stores.keys).
         pseudonym_key = checked_pseudonym_key(settings, engine)
-        repository = Repository(engine)
+        # With the key, the repository reads the tombstones of erased subjects.
+        repository = Repository(engine, pseudonym_key=pseudonym_key)
         models = settings.models
         log.info(
             "loading models: detector %s, embedder %s, torch threads %d",
@@ -276,6 +277,23 @@ class IngestPipeline:
             if item.upload_id in finished or item.upload_id in seen:
                 item.skipped = True
             seen.add(item.upload_id)
+        self._refuse_erased([item for item in items if item.live])
+
+    def _refuse_erased(self, items: list[_Item]) -> None:
+        """Reject the uploads of subjects erased after their consent was granted (one
+        tombstone query for the batch); the store checks again in its transaction."""
+        uploads = [(item, _require(item.upload)) for item in items]
+        if not uploads:
+            return
+        erased = self.repository.erasures({upload.subject for _, upload in uploads})
+        for item, upload in uploads:
+            try:
+                check_not_erased(upload.consent_granted_at, erased.get(upload.subject))
+            except Rejected as rejected:
+                item.rejected = rejected
+                # Its point, if a worker was killed between writing it and taking it back
+                # (agents.sink.FaceStore.store), goes now; an id with no point costs nothing.
+                self.store.discard(face_id_for(item.upload_id))
 
     def _anonymize(self, item: _Item) -> None:
         data = read_image(_require(item.upload), self.settings.limits, self.settings.uri_roots)
@@ -394,18 +412,20 @@ class IngestPipeline:
         if item.skipped:
             return Outcome(item.upload_id, None)
         if item.rejected is not None:
+            # Nothing ties an erased subject's upload to them again: no pseudonym on the
+            # dead letter, and no subject recorded with the rejection.
+            erased = item.rejected.reason is ReasonCode.SUBJECT_ERASED
+            upload = None if erased else item.upload
             rejection = Rejection(
                 upload_id=item.upload_id,
                 reason=item.rejected.reason,
                 stage=item.rejected.stage,
                 detail=item.rejected.detail[:1024],
-                subject=item.upload.subject if item.upload else None,
+                subject=upload.subject if upload else None,
                 origin=item.incoming.origin,
                 rejected_at=now,
             )
-            return Outcome(
-                item.upload_id, UploadState.REJECTED, rejection=rejection, upload=item.upload
-            )
+            return Outcome(item.upload_id, UploadState.REJECTED, rejection=rejection, upload=upload)
         return Outcome(item.upload_id, UploadState.ACCEPTED, face=item.face, upload=item.upload)
 
 

@@ -6,6 +6,12 @@ the face id, itself derived from the upload id) are idempotent, and the SQL tran
 that marks the upload ``accepted`` comes last. A crash anywhere before it leaves the
 upload unfinished, so the re-delivered record redoes the same writes.
 
+The SQL transaction also reads the subject's tombstone under the subject's lock
+(:mod:`agents.stores.tombstones`): when the subject was erased after the upload's consent
+was granted (the erasure committed while the batch was on its way), it writes nothing and
+the point and the crops written just before are taken back, so the upload ends
+``subject_erased`` with nothing of it stored.
+
 Before writing, a new face is compared with the subject's earlier faces, on two vectors:
 the identity embedding (who) and the appearance signature (how the crop looks). Together
 they decide near-duplicates (:class:`DuplicateRule`) and flag a face that is clearly not
@@ -14,14 +20,14 @@ the person of the earlier ones (:class:`~schemas.reasons.FaceFlag`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 
-from agents.errors import EmbedderMismatch, Rejected
+from agents.errors import EmbedderMismatch, Rejected, StorageError
 from agents.records import TRAINING_SIZES, AlignedFace, CleanImage, QualityReport, ValidUpload
 from agents.stages.imageio import decode_crop
 from agents.stages.label import Measurement
@@ -204,7 +210,9 @@ class FaceStore:
         (:meth:`check_subject`).
 
         ``embedder`` must be the one whose collection the index holds: a vector of another
-        space is refused (:class:`EmbedderMismatch`) before anything is written.
+        space is refused (:class:`EmbedderMismatch`) before anything is written. A subject
+        erased after the upload's consent was granted is ``Rejected(subject_erased)`` at
+        ``store``, with the point and crops written for it taken back (:meth:`discard`).
         """
         if embedder != self.index.space.name:
             raise EmbedderMismatch(
@@ -258,8 +266,33 @@ class FaceStore:
         )
         labels = declared_labels(upload, face_id, now) + [m.row(face_id, now) for m in measured]
         links = self.identity_links(upload, face_id, vector, embedder, now)
-        self.repository.record_accepted(upload, face, labels, origin, links=links)
+        try:
+            self.repository.record_accepted(upload, face, labels, origin, links=links)
+        except Rejected as rejected:
+            if rejected.reason is ReasonCode.SUBJECT_ERASED:
+                # The erasure ran while this face was on its way: it could not see the
+                # point and crops written above (no SQL row named them yet), so they go here.
+                self.discard(face_id, crops.values())
+            raise
         return face
+
+    def discard(self, face_id: str, crops: Iterable[str] = ()) -> None:
+        """Take back what :meth:`store` wrote before SQL refused the face: its point, and
+        those of ``crops`` (blob digests) that no stored face or reference uses.
+
+        Idempotent. Raises :class:`~agents.errors.StorageError` when a store fails (the
+        record is then re-delivered, and refused again before anything is written).
+        """
+        self.index.delete([face_id])
+        digests = set(crops)
+        if not digests:
+            return
+        unused = digests - self.repository.crops_in_use(digests)
+        try:
+            for digest in sorted(unused):
+                self.blobs.delete(digest)
+        except OSError as exc:
+            raise StorageError(f"cannot delete a crop under {self.blobs.where}: {exc}") from exc
 
     def identity_links(
         self,

@@ -80,6 +80,10 @@ class ReasonCode(StrEnum):
     """Consent is missing, or its scopes do not include ``training``."""
     CONSENT_EXPIRED = "consent_expired"
     """Consent expired before the upload was processed."""
+    SUBJECT_ERASED = "subject_erased"
+    """The subject was erased after this upload's consent was granted (an upload queued
+    before the erasure, or re-sent with the old consent): nothing of it is stored. An
+    upload with a consent granted after the erasure is processed as usual."""
     BAD_URI = "bad_uri"
     """The image URI has a scheme or location the worker may not read, or is unreadable."""
     TOO_LARGE = "too_large"

@@ -11,9 +11,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from schemas.reasons import ReasonCode, Stage
 
 TOPIC = "uploads-dlq"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: the ``face_cut_off`` reason (1 had no way to refuse a face cut by the frame).
-3: the ``animated`` reason (2 called an animated image ``too_large``)."""
+3: the ``animated`` reason (2 called an animated image ``too_large``).
+4: the ``subject_erased`` reason (3 ingested an erased subject's queued uploads)."""
 
 
 class Origin(BaseModel):
@@ -42,7 +43,10 @@ class Rejection(BaseModel):
     reason: ReasonCode
     stage: Stage
     detail: str = Field(max_length=1024, description="what was wrong and, where it helps, the fix")
-    subject: str | None = Field(None, description="subject pseudonym, when the upload had one")
+    subject: str | None = Field(
+        None,
+        description="subject pseudonym, when the upload had one; never with subject_erased",
+    )
     origin: Origin | None = None
     rejected_at: AwareDatetime
 

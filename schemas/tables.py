@@ -491,3 +491,27 @@ class PseudonymKey(SQLModel, table=True):
     fingerprint: str = Field(max_length=64, description="hex HMAC-SHA256 of a fixed label")
     source: str = Field(max_length=1024, description="S2A_PSEUDONYM_KEY, or the key file")
     recorded_at: datetime = _utc_column()
+
+
+class Tombstone(SQLModel, table=True):
+    """An erased subject, kept so that its uploads still on their way are refused
+    (:mod:`agents.stores.tombstones`).
+
+    An upload queued before an erasure, or sent again with the consent it had then, would
+    otherwise bring the subject back; one whose consent was granted after ``erased_at``
+    (the person came back and agreed again) is processed as usual. The erasure writes the
+    row in its SQL transaction; erasing again moves ``erased_at`` forward, never back.
+
+    ``subject_digest`` is not the pseudonym: it is HMAC-SHA256, under the pseudonym key, of
+    a fixed domain label and the pseudonym. It tells ingestion "this subject was erased"
+    and nothing else: without the key it leads to no pseudonym and no raw id, and no other
+    table holds it. It is the least an erasure must keep to stay done.
+    """
+
+    __tablename__ = "tombstones"
+
+    subject_digest: str = Field(
+        primary_key=True, max_length=64, description="hex HMAC-SHA256, not the pseudonym"
+    )
+    erased_at: datetime = _utc_column()
+    """the latest erasure of the subject"""

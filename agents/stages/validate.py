@@ -1,7 +1,9 @@
 """Stage ``validate``: raw ``uploads`` record bytes -> a checked :class:`UploadEvent`.
 
 The first stage every record meets. It parses the contract and checks consent; anything
-else (the image, the subject's pseudonym) is the business of later stages.
+else (the image, the subject's pseudonym) is the business of later stages. Once the
+pseudonym is made, :func:`check_not_erased` refuses an upload of a subject erased after
+its consent was granted (the pipeline reads the subject's tombstone for it).
 
 Example::
 
@@ -81,6 +83,33 @@ def validate(raw: bytes, now: datetime) -> UploadEvent:
             f"consent version {consent.version!r} expired at {expires}",
         )
     return event
+
+
+def check_not_erased(
+    consent_granted_at: datetime, erased_at: datetime | None, stage: Stage = Stage.VALIDATE
+) -> None:
+    """Refuse an upload of a subject erased after its consent was granted.
+
+    ``erased_at`` is the subject's latest erasure (its tombstone,
+    :mod:`agents.stores.tombstones`), None when it was never erased. An upload queued
+    before the erasure carries a consent granted before it: ``subject_erased``, whatever
+    the upload holds. A consent granted after the erasure (the person came back and agreed
+    again) lets the upload through. Both times must be timezone-aware.
+
+    Raises :class:`Rejected` with ``subject_erased`` at ``stage`` (``validate`` where the
+    pseudonym is first made; ``store`` when the erasure committed during the batch).
+    """
+    if erased_at is None or consent_granted_at > erased_at:
+        return
+    # Times only: the detail goes to the dead-letter topic and the uploads table, and
+    # neither may tie the upload to the erased subject again.
+    raise Rejected(
+        ReasonCode.SUBJECT_ERASED,
+        stage,
+        f"the subject was erased at {erased_at.isoformat()}, after this upload's consent "
+        f"was granted ({consent_granted_at.isoformat()}): nothing of it is stored; an "
+        "upload needs a consent granted after the erasure",
+    )
 
 
 def upload_id_of(raw: bytes) -> str:

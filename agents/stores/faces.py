@@ -142,6 +142,16 @@ class FaceIndex:
         with qdrant_errors(f"upsert face {face_id} into Qdrant"):
             self.client.upsert(self.collection, points=[point], wait=True)
 
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove the points of ``ids`` (an id with no point is no error). Raises
+        :class:`StorageError` when Qdrant cannot be written."""
+        if not ids:
+            return
+        with qdrant_errors(f"delete {len(ids)} faces from Qdrant"):
+            self.client.delete(
+                self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True
+            )
+
     def vectors(self, ids: Sequence[str], name: str) -> dict[str, npt.NDArray[np.float32]]:
         """The named vector of each of ``ids`` that exists (a lookup by id, no scan)."""
         return {

@@ -6,6 +6,12 @@ terminal state (whichever) is left exactly as it is and the call returns ``False
 holds for re-deliveries and for two workers racing on the same record; the loser of the
 race hits the primary key, rolls back, finds the winner's row and returns ``False``.
 
+With the pseudonym key, the recording transaction also reads the subject's tombstone
+(:mod:`agents.stores.tombstones`) under the subject's lock: an upload whose subject was
+erased after its consent was granted is refused there (``record_accepted``) or recorded
+as the erasure leaves uploads, ``erased`` and unattributed (``record_rejected``), however
+the erasure and the batch interleave.
+
 Datetimes go in and come out timezone-aware, in UTC (SQLite stores them naive, as UTC).
 Database failures surface as :class:`~agents.errors.StorageError`, naming the operation;
 the worker then stops without committing its offsets, so nothing is lost.
@@ -23,18 +29,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
+from agents.errors import Rejected
 from agents.records import ValidUpload
 from agents.stores.db import for_writing, sql_errors
+from agents.stores.tombstones import erased_at, lock_subject, tombstone_digest
 from schemas.errors import ConfigError
-from schemas.reasons import UploadState
+from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection
-from schemas.tables import Face, IdentityLink, Label, Subject, Upload, UTCDateTime
+from schemas.tables import AnimeRef, Face, IdentityLink, Label, Subject, Upload, UTCDateTime
 
 _SUBJECTS: Table = SQLModel.metadata.tables[Subject.__tablename__]
 _UPLOADS: Table = SQLModel.metadata.tables[Upload.__tablename__]
 _FACES: Table = SQLModel.metadata.tables[Face.__tablename__]
 _LABELS: Table = SQLModel.metadata.tables[Label.__tablename__]
 _LINKS: Table = SQLModel.metadata.tables[IdentityLink.__tablename__]
+_REFS: Table = SQLModel.metadata.tables[AnimeRef.__tablename__]
 
 #: The subject columns a newer consent replaces; ``first_seen_at`` is kept.
 _CONSENT_COLUMNS = ("consent_version", "consent_scopes", "consent_granted_at", "consent_expires_at")
@@ -55,15 +64,21 @@ class Repository:
         if repository.record_accepted(upload, face, labels, origin):
             ...  # first time this upload is stored
         repository.counts()   # {'accepted': 1, 'rejected': 0, 'erased': 0}
+
+    ``pseudonym_key`` (the key the uploads' pseudonyms are made with) turns on the tombstone
+    checks; ingestion passes it, readers need not.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, pseudonym_key: bytes | None = None) -> None:
         if engine.dialect.name not in ("sqlite", "postgresql"):
             raise ConfigError(
                 f"Repository supports sqlite and postgresql engines, not {engine.dialect.name!r}"
             )
+        if pseudonym_key is not None and not pseudonym_key:
+            raise ConfigError("pseudonym_key is empty; pass Settings.resolve_pseudonym_key()")
         self._engine = engine
         self._writer = for_writing(engine)
+        self._key = pseudonym_key
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -73,13 +88,30 @@ class Repository:
         with sql_errors("finished"), self._engine.connect() as connection:
             return _finished_in(connection, ids)
 
+    def erasures(self, pseudonyms: Iterable[str]) -> dict[str, datetime]:
+        """``{pseudonym: latest erasure}`` of the given subjects that were erased (one
+        query per 500). Raises :class:`~schemas.errors.ConfigError` without the pseudonym
+        key."""
+        if self._key is None:
+            raise ConfigError(
+                "this Repository has no pseudonym key to read tombstones with; build it "
+                "with Repository(engine, pseudonym_key=checked_pseudonym_key(...))"
+            )
+        digests = {tombstone_digest(p, self._key): p for p in dict.fromkeys(pseudonyms)}
+        with sql_errors("reading tombstones"), self._engine.connect() as connection:
+            found = erased_at(connection, digests)
+        return {digests[digest]: at for digest, at in found.items()}
+
     def record_rejected(self, rejection: Rejection, upload: ValidUpload | None = None) -> bool:
         """Record ``rejection`` as the terminal state of its upload.
 
         ``upload`` is the validated event when the rejection came after validation; its
         subject is then upserted with the consent it carries. Without it (the record was
         malformed, or its consent did not hold) no subject is stored or linked: nothing
-        ties the row to a person whose consent was not established.
+        ties the row to a person whose consent was not established. When the subject was
+        erased after that consent was granted (an erasure that committed during the batch),
+        the upload is recorded as the erasure leaves its uploads: ``erased``, with no
+        subject and no detail, and no subject row comes back.
 
         Returns ``False``, changing nothing, when the upload already has a terminal state.
         """
@@ -101,6 +133,10 @@ class Repository:
         subject = None if upload is None else _subject_values(upload, now=row["finished_at"])
 
         def write(connection: Connection) -> None:
+            if upload is not None and self._erased_since_consent(connection, upload) is not None:
+                erased = row | {"state": UploadState.ERASED, "subject": None, "detail": None}
+                connection.execute(_UPLOADS.insert(), erased)
+                return
             if subject is not None:
                 _upsert_subject(connection, subject)
             connection.execute(_UPLOADS.insert(), row)
@@ -121,6 +157,10 @@ class Repository:
 
         Label ids are assigned by the database. Returns ``False``, changing nothing, when
         the upload already has a terminal state (a rejected upload stays rejected).
+
+        Raises :class:`~agents.errors.Rejected` (``subject_erased`` at ``store``), writing
+        nothing, when the subject was erased after the upload's consent was granted (the
+        erasure committed after the batch was validated).
         """
         _check_accepted(upload, face, labels)
         now = datetime.now(UTC)
@@ -137,6 +177,17 @@ class Repository:
         subject = _subject_values(upload, now=now)
 
         def write(connection: Connection) -> None:
+            erased = self._erased_since_consent(connection, upload)
+            if erased is not None:
+                # The rule of agents.stages.validate.check_not_erased (stores do not
+                # import stages); raised inside the transaction, so it rolls back empty.
+                raise Rejected(
+                    ReasonCode.SUBJECT_ERASED,
+                    Stage.STORE,
+                    f"the subject was erased at {erased.isoformat()}, while this upload "
+                    "was being processed and after its consent was granted "
+                    f"({upload.consent_granted_at.isoformat()}): nothing of it is stored",
+                )
             _upsert_subject(connection, subject)
             connection.execute(_UPLOADS.insert(), row)
             connection.execute(_FACES.insert(), face_row)
@@ -146,6 +197,23 @@ class Repository:
                 connection.execute(_LINKS.insert(), link_rows)
 
         return self._record("record_accepted", upload.upload_id, write)
+
+    def _erased_since_consent(self, connection: Connection, upload: ValidUpload) -> datetime | None:
+        """The subject's latest erasure when it came after the upload's consent was
+        granted, else None (and always None without the pseudonym key).
+
+        Takes the subject's lock first (:func:`~agents.stores.tombstones.lock_subject`):
+        an erasure of the subject then either committed before this read, and is seen, or
+        starts after this transaction ends, and sees what it wrote.
+        """
+        if self._key is None:
+            return None
+        digest = tombstone_digest(upload.subject, self._key)
+        lock_subject(connection, digest)
+        erased = erased_at(connection, [digest]).get(digest)
+        if erased is None or upload.consent_granted_at > erased:
+            return None
+        return erased
 
     def _record(self, operation: str, upload_id: str, write: Callable[[Connection], None]) -> bool:
         with sql_errors(f"{operation} of upload {upload_id!r}"):
@@ -257,6 +325,24 @@ class Repository:
         statement = model_select(Face.face_id, Face.crop_256).where(col(Face.subject) == pseudonym)
         with sql_errors("crops_of_subject"), Session(self._engine) as session:
             return {face_id: crop for face_id, crop in session.exec(statement).all()}
+
+    def crops_in_use(self, digests: Iterable[str]) -> set[str]:
+        """The given blob digests that a stored face or an anime reference uses (blobs
+        are content-addressed: one digest can be several faces' crop)."""
+        wanted = sorted(set(digests))
+        found: set[str] = set()
+        with sql_errors("crops_in_use"), self._engine.connect() as connection:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                faces = select(_FACES.c.crop_256, _FACES.c.crop_512).where(
+                    _FACES.c.crop_256.in_(chunk) | _FACES.c.crop_512.in_(chunk)
+                )
+                refs = select(_REFS.c.original, _REFS.c.training).where(
+                    _REFS.c.original.in_(chunk) | _REFS.c.training.in_(chunk)
+                )
+                for query in (faces, refs):
+                    found.update(d for row in connection.execute(query) for d in row if d)
+        return found & set(wanted)
 
     def labels_of_face(self, face_id: str) -> list[Label]:
         """The labels of one face, by name then source."""

@@ -121,7 +121,11 @@ def test_erasing_a_subject_of_the_champion_retrains_without_them(seeded: Seeded)
     assert due(seeded.engine, seeded.settings) is None
 
     erased = Eraser(
-        seeded.engine, QdrantClient(":memory:"), seeded.blobs, seeded.settings.dataset_dir
+        seeded.engine,
+        QdrantClient(":memory:"),
+        seeded.blobs,
+        seeded.settings.dataset_dir,
+        key=b"pseudonym-key",
     ).erase("subject-b", request_id="er-1", requested_by="test", requested_at=datetime.now(UTC))
     assert erased.counts["faces"] == 1
 

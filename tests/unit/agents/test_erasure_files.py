@@ -44,7 +44,14 @@ def test_unrecorded_snapshots_and_their_exports_are_found_on_disk(tmp_path: Path
     _export(root_is_export, "ds-00000000000000aa")
     engine = create_engine_for(url)
     client = QdrantClient(":memory:")
-    eraser = Eraser(engine, client, BlobStore(tmp_path / "blobs"), dataset_dir, (root_is_export,))
+    eraser = Eraser(
+        engine,
+        client,
+        BlobStore(tmp_path / "blobs"),
+        dataset_dir,
+        (root_is_export,),
+        key=b"pseudonym-key",
+    )
 
     result = eraser.erase(
         SUBJECT, request_id="er-1", requested_by="test", requested_at=datetime.now(UTC)
