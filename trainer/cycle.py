@@ -8,8 +8,10 @@ its lease::
     3. train, in this process, main(parse_args([...])):
          no champion yet  a base run (``s2a train base`` semantics)
          a champion       a lora run on the champion's base, warm-started from the
-                          champion's adapter, replaying the champion's snapshot
-                          (not after an erasure: the old snapshot may hold the erased)
+                          champion's adapter, replaying a sample of the champion's
+                          snapshot without the pairs of subjects erased since or with a
+                          blob gone (``trainer.replay``; after an erasure too); N's
+                          subjects become exactly its snapshot's and the replayed ones
     4. assemble models/<name>/<N>/: adapter/, the merged generator, config.json, and
        the export step's files (``trainer.export.export_version``: model.onnx, INT8,
        TensorRT where present, export.json; "not available" when it cannot be imported)
@@ -22,8 +24,11 @@ its lease::
     any failure from 2 on: status failed with the reason; the champion stays
 
 Every metric is stored on the version either way (``metrics``: candidate, champion, gate
-checks and verdict). The run's log (this module's and the family's log lines) goes to
-``<run directory>.log`` beside the run directory.
+checks and verdict). The run's log, ``<run directory>.log`` beside the run directory (the
+registry's ``log_path``), gets this module's and the family's log lines from step 2 on:
+the snapshot with its counts, the replay chosen and what it left out, training started
+and finished (steps, seconds), the export's files, the gate's verdict and its reason, and
+the promotion, refusal or failure.
 
 Example::
 
@@ -34,8 +39,10 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +67,7 @@ from trainer.evaluate import (
 )
 from trainer.families import get_family, script_argv
 from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
+from trainer.replay import ReplayPlan, plan_replay, write_replay
 from trainer.runs import LOSS_PLOT, SAMPLES, write_json
 
 log = logging.getLogger(__name__)
@@ -167,93 +175,165 @@ def _cycle(
         log.warning("retrain (%s) made no snapshot: %s", trigger, exc)
         return CycleResult("failed", name, trigger, f"snapshot: {exc}", champion=previous)
 
-    replay = _replay_manifest(settings, champion, snapshot_id, trigger)
     subjects = {r.subject for r in manifest.records}
-    if replay is not None:
-        # A replayed pair's subject is trained on too: over-approximate with the whole
-        # replayed snapshot, so an erasure never misses a version.
-        subjects |= {r.subject for r in read_manifest(settings.dataset_dir, replay).records}
+    if champion is not None:
+        # Until its replay is drawn, a lora version may train on any subject still recorded
+        # on the champion: record them all, so an erasure meanwhile finds this version too;
+        # the draw narrows them (registry.retain_subjects) before training starts.
+        subjects |= set(registry.subjects(name, champion.version))
     mode = "base" if champion is None else "lora"
     row = registry.register(
         name,
         family=family_name,
         snapshot_id=snapshot_id,
         parent_version=previous,
-        config={"mode": mode, "trigger": trigger, "replay_snapshot": replay},
+        config={"mode": mode, "trigger": trigger},
         subjects=subjects,
         runs_dir=settings.train_dir,
         trigger=trigger,
     )
-    version_dir, run_dir = Path(row.path), Path(row.run_dir)
     base = _result(row, trigger, previous)
     handler = _log_to(Path(row.log_path))
     try:
         log.info("%s v%d: %s run on %s (trigger %s)", name, row.version, mode, snapshot_id, trigger)
-        argv = _train_argv(settings, champion, snapshot_id, replay, run_dir, mode, train_args)
-        family = get_family(family_name)
-        result = family.main(family.parse_args(argv, settings.train))
-        base_dir = version_dir if champion is None else Path(champion.config["base_dir"])
-        config = assemble_version(run_dir, version_dir, base_dir, mode) | {
-            "name": name,
-            "version": row.version,
-            "family": family_name,
-            "trigger": trigger,
-            "snapshot_id": snapshot_id,
-            "parent_version": previous,
-            "replay_snapshot": replay,
-            "argv": argv,
-            "train": {k: result.get(k) for k in ("steps", "samples_per_s", "lora", "losses")},
-        }
-        write_json(version_dir / CONFIG_JSON, config)
-        adapter = version_dir / ADAPTER if mode == "lora" else None
-        # A base version exports from its run directory: the version's own copy of the
-        # weights is what the export step overwrites.
-        source = run_dir if mode == "base" else base_dir
-        config["export"] = export(
-            source, adapter, version_dir, manifest, open_blobs(settings), config
+        summary = manifest.summary
+        log.info(
+            "snapshot %s frozen: %d pairs of %d subjects (train %d, validation %d)",
+            snapshot_id,
+            summary.records,
+            summary.subjects,
+            len(manifest.split("train")),
+            len(manifest.split("validation")),
         )
-        registry.update(
-            name,
+        try:
+            verdict, metrics = _train_and_gate(
+                settings, registry, row, champion, manifest, embedder, train_args, actor
+            )
+        except Exception as exc:
+            # Recorded on the version, logged with its traceback, and the champion stays:
+            # the scheduler must survive one bad run (a bug included) and try again later.
+            log.exception("%s v%d failed", name, row.version)
+            reason = f"{type(exc).__name__}: {exc}"
+            registry.update(name, row.version, status=VersionStatus.FAILED, reason=reason)
+            return _done(base, "failed", reason, {})
+        held_by = "no champion" if previous is None else f"champion v{previous}"
+        if not verdict.promote:
+            log.info("refused: %s stays", held_by)
+            return _done(base, "refused", verdict.reason, metrics)
+        try:
+            move = registry.move_alias(
+                name,
+                CHAMPION,
+                row.version,
+                actor=actor,
+                reason=verdict.reason,
+                expect=previous,
+                status=VersionStatus.PROMOTED,
+            )
+        except RegistryError as exc:  # the champion moved by hand while we trained
+            log.warning("not promoted, the champion stays: %s", exc)
+            registry.update(name, row.version, status=VersionStatus.REFUSED, reason=str(exc))
+            return _done(base, "refused", str(exc), metrics)
+        log.info(
+            "promoted: %s -> champion v%d by %s; model update queued in the outbox",
+            held_by,
             row.version,
-            status=VersionStatus.TRAINED,
-            config=config,
-            artifacts=hash_tree(version_dir),
+            actor,
         )
-        registry.move_alias(
-            name,
-            CANDIDATE,
-            row.version,
-            actor=actor,
-            reason=f"trained by a {trigger} cycle",
-            action="register",
-        )
-        verdict, metrics = gate_version(registry, settings, name, row.version, embedder=embedder)
-    except Exception as exc:
-        # Recorded on the version, logged with its traceback, and the champion stays:
-        # the scheduler must survive one bad run (a bug included) and try again later.
-        log.exception("%s v%d failed", name, row.version)
-        reason = f"{type(exc).__name__}: {exc}"
-        registry.update(name, row.version, status=VersionStatus.FAILED, reason=reason)
-        return _done(base, "failed", reason, {})
+        update = move.update
+        return _done(base, "promoted", verdict.reason, metrics, champion=row.version, update=update)
     finally:
         _stop_logging(handler)
-    if not verdict.promote:
-        return _done(base, "refused", verdict.reason, metrics)
-    try:
-        move = registry.move_alias(
-            name,
-            CHAMPION,
-            row.version,
-            actor=actor,
-            reason=verdict.reason,
-            expect=previous,
-            status=VersionStatus.PROMOTED,
+
+
+def _train_and_gate(
+    settings: Settings,
+    registry: Registry,
+    row: ModelVersion,
+    champion: ModelVersion | None,
+    manifest: Manifest,
+    embedder: Embedder | Literal["settings"] | None,
+    train_args: Sequence[str],
+    actor: str,
+) -> tuple[GateVerdict, dict[str, Any]]:
+    """Steps 3 to 5 of the module docstring for the registered version ``row``: replay,
+    train, assemble, export, record, move ``candidate``, gate. Each step is logged."""
+    name, mode = row.name, str(row.config["mode"])
+    trigger = row.trigger or ""
+    version_dir, run_dir = Path(row.path), Path(row.run_dir)
+    blobs = open_blobs(settings)
+    family = get_family(row.family)
+    argv = _train_argv(settings, champion, row.snapshot_id, None, run_dir, mode, train_args)
+    args = family.parse_args(argv, settings.train)
+    replay, replay_id = _replay(settings, registry, champion, manifest, args, blobs)
+    trained_on = {r.subject for r in manifest.records} | (replay.subjects if replay else set())
+    dropped = registry.retain_subjects(name, row.version, trained_on)
+    log.info(
+        "subjects: v%d trains on %d, its snapshot's and the replayed pairs' (%d recorded "
+        "until the replay was drawn, removed)",
+        row.version,
+        len(trained_on),
+        dropped,
+    )
+    if replay_id is not None:
+        argv = _train_argv(
+            settings, champion, row.snapshot_id, replay_id, run_dir, mode, train_args
         )
-    except RegistryError as exc:  # the champion moved by hand while we trained
-        registry.update(name, row.version, status=VersionStatus.REFUSED, reason=str(exc))
-        return _done(base, "refused", str(exc), metrics)
-    update = move.update
-    return _done(base, "promoted", verdict.reason, metrics, champion=row.version, update=update)
+        args = family.parse_args(argv, settings.train)
+    log.info(
+        "training: %s run of %d steps, batch %d, %d px, into %s",
+        mode,
+        args.steps,
+        args.batch_size,
+        args.resolution,
+        run_dir,
+    )
+    began = time.perf_counter()
+    result = family.main(args)
+    log.info(
+        "training finished: %s steps in %.1f s (%s samples/s)",
+        result.get("steps"),
+        time.perf_counter() - began,
+        result.get("samples_per_s"),
+    )
+    base_dir = version_dir if champion is None else Path(champion.config["base_dir"])
+    config = assemble_version(run_dir, version_dir, base_dir, mode) | {
+        "name": name,
+        "version": row.version,
+        "family": row.family,
+        "trigger": trigger,
+        "snapshot_id": row.snapshot_id,
+        "parent_version": row.parent_version,
+        # The snapshot replayed from (None: no replay), and what was drawn from it.
+        "replay_snapshot": None if replay_id is None or replay is None else replay.source,
+        "replay": None if replay is None else replay.as_dict() | {"manifest": replay_id},
+        "argv": argv,
+        "train": {k: result.get(k) for k in ("steps", "samples_per_s", "lora", "losses")},
+    }
+    write_json(version_dir / CONFIG_JSON, config)
+    adapter = version_dir / ADAPTER if mode == "lora" else None
+    # A base version exports from its run directory: the version's own copy of the
+    # weights is what the export step overwrites.
+    source = run_dir if mode == "base" else base_dir
+    config["export"] = export(source, adapter, version_dir, manifest, blobs, config)
+    registry.update(
+        name,
+        row.version,
+        status=VersionStatus.TRAINED,
+        config=config,
+        artifacts=hash_tree(version_dir),
+    )
+    registry.move_alias(
+        name,
+        CANDIDATE,
+        row.version,
+        actor=actor,
+        reason=f"trained by a {trigger} cycle",
+        action="register",
+    )
+    log.info("candidate -> v%d", row.version)
+    verdict, metrics = gate_version(registry, settings, name, row.version, embedder=embedder)
+    return verdict, metrics
 
 
 def gate_version(
@@ -309,6 +389,13 @@ def gate_version(
     }
     status = VersionStatus.TRAINED if verdict.promote else VersionStatus.REFUSED
     registry.update(name, version, status=status, reason=verdict.reason, metrics=metrics)
+    log.info(
+        "gate on %d validation pairs of %s, against %s: %s",
+        len(records),
+        row.snapshot_id,
+        "no champion" if champion is None else f"champion v{champion.version}",
+        verdict.reason,
+    )
     return verdict, metrics
 
 
@@ -387,6 +474,12 @@ def export(
     report = export_version(
         base_dir, adapter_dir, version_dir, crops, ExportOptions(resolution=resolution)
     )
+    log.info(
+        "export: %s in %.1f s (parity max abs diff %.3g)",
+        ", ".join(sorted(report.files)),
+        report.seconds,
+        report.parity.max_abs_diff,
+    )
     return {
         "status": "done",
         "files": sorted(report.files),
@@ -407,24 +500,57 @@ def run_files(run_dir: Path) -> dict[str, str | None]:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _replay_manifest(
-    settings: Settings, champion: ModelVersion | None, snapshot_id: str, trigger: str
-) -> str | None:
-    """The champion's snapshot to replay, or None: no champion, the same snapshot, an
-    erasure (the old snapshot may hold the erased subject), or its manifest is gone."""
-    if champion is None or champion.snapshot_id == snapshot_id or trigger == "erasure":
-        return None
-    if not manifest_path(settings.dataset_dir, champion.snapshot_id).is_file():
-        log.warning("no replay: the manifest of %s is gone", champion.snapshot_id)
-        return None
-    return champion.snapshot_id
+def _replay(
+    settings: Settings,
+    registry: Registry,
+    champion: ModelVersion | None,
+    manifest: Manifest,
+    args: argparse.Namespace,
+    blobs: BlobStore,
+) -> tuple[ReplayPlan | None, str | None]:
+    """What a lora run replays (:mod:`trainer.replay`), logged: the plan and the replay
+    manifest written for it, or ``(plan or None, None)`` when nothing is replayed: no
+    champion, the champion's own snapshot, its manifest gone (an erasure removes every
+    snapshot that held the erased subject), or no pair left. ``args`` are the family's
+    parsed flags (``--replay-max``, ``--seed``)."""
+    if champion is None:
+        log.info("replay: none (no champion yet: a base run)")
+        return None, None
+    older_id = champion.snapshot_id
+    if older_id == manifest.snapshot_id:
+        log.info("replay: none (champion v%d was trained on this snapshot)", champion.version)
+        return None, None
+    if not manifest_path(settings.dataset_dir, older_id).is_file():
+        log.warning(
+            "replay: none (the manifest of %s, champion v%d's snapshot, is gone; an erasure "
+            "removes the snapshots that held the erased subject)",
+            older_id,
+            champion.version,
+        )
+        return None, None
+    older = read_manifest(settings.dataset_dir, older_id)
+    plan = plan_replay(
+        older,
+        manifest.split("train"),
+        known=registry.subjects(champion.name, champion.version),
+        limit=args.replay_max,
+        seed=args.seed,
+        has_blob=blobs.exists,
+    )
+    log.info("replay of champion v%d's snapshot: %s", champion.version, plan.describe())
+    if not plan.records:
+        log.info("replay: none (no pair of %s left to replay)", older_id)
+        return plan, None
+    replay_id = write_replay(settings.dataset_dir, older, plan.records)
+    log.info("replay manifest %s: %d pairs", replay_id, len(plan.records))
+    return plan, replay_id
 
 
 def _train_argv(
     settings: Settings,
     champion: ModelVersion | None,
     snapshot_id: str,
-    replay: str | None,
+    replay_id: str | None,
     run_dir: Path,
     mode: str,
     extra: Sequence[str],
@@ -434,8 +560,8 @@ def _train_argv(
         options["--base"] = champion.config["base_dir"]
         adapter = Path(champion.path) / ADAPTER
         options["--parent-adapter"] = adapter if adapter.is_dir() else None
-        if replay is not None:
-            options["--replay-manifest"] = manifest_path(settings.dataset_dir, replay)
+        if replay_id is not None:
+            options["--replay-manifest"] = manifest_path(settings.dataset_dir, replay_id)
     return script_argv(settings, mode, snapshot_id, run_dir, options) + list(extra)
 
 

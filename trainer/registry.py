@@ -323,6 +323,27 @@ class Registry:
         with _storage(f"reading the subjects of {name} v{version}"), self.engine.connect() as c:
             return [str(s) for s in c.scalars(query)]
 
+    def retain_subjects(self, name: str, version: int, subjects: Iterable[str]) -> int:
+        """Narrow the subjects recorded on a version to those of ``subjects``; how many
+        rows went. Never adds one: a version registered with more subjects than it ends up
+        trained on (a cycle before its replay is drawn) loses the extra ones, and a subject
+        erased meanwhile stays gone. :class:`RegistryError` for an unknown version."""
+        keep = set(subjects)
+        version_id = self.get(name, version).id
+        recorded_of = select(_SUBJECTS.c.subject).where(_SUBJECTS.c.version_id == version_id)
+        operation = f"narrowing the subjects of {name} v{version}"
+        with _storage(operation), for_writing(self.engine).begin() as connection:
+            extra = sorted(set(connection.scalars(recorded_of)) - keep)
+            # In chunks: SQLite caps the parameters of one statement.
+            for start in range(0, len(extra), 500):
+                connection.execute(
+                    _SUBJECTS.delete().where(
+                        _SUBJECTS.c.version_id == version_id,
+                        _SUBJECTS.c.subject.in_(extra[start : start + 500]),
+                    )
+                )
+        return len(extra)
+
     def versions_with_subject(self, subject: str) -> list[tuple[str, int]]:
         """``(name, version)`` of every version trained on ``subject`` (for an erasure)."""
         query = (

@@ -5,12 +5,13 @@ One run, one directory (``settings.train_dir/<name>`` or ``--out``)::
     run.json                 what was trained from what: family, mode, snapshot, base and
                              parent hashes, LoRA settings, flags; ``status`` running |
                              stopped | complete
-    losses.jsonl             one JSON object per step (every loss term, lr, seconds)
+    losses.jsonl             one JSON object per step (step, every loss term, lr)
     losses.png               the loss curves
     samples/step-NNNNNN.png  validation grids at each checkpoint, samples/final.png at the end
     checkpoints/step-NNNNNN/ accelerate state (models, optimizers, LR schedulers, RNG
-                             states) + trainer_state.json (step, data position); the newest
-                             ``keep`` are kept, each written beside and renamed into place
+                             states) + trainer_state.json (step, data position, seconds in
+                             training steps so far); the newest ``keep`` are kept, each
+                             written beside and renamed into place
     result.json              the summary a finished run returns (also ``s2a train --json``)
 
 plus the family's outputs (pix2pix-lora: ``generator.safetensors`` + ``generator.json`` of a
@@ -209,21 +210,45 @@ def open_run_dir(
 
 
 def save_checkpoint(
-    accelerator: Any, run_dir: Path, step: int, keep: int, draws_per_process: int
+    accelerator: Any,
+    run_dir: Path,
+    step: int,
+    keep: int,
+    draws_per_process: int,
+    trained_seconds: float | None = None,
 ) -> None:
     """``accelerator.save_state`` into a staging folder renamed into place as
     ``checkpoints/step-NNNNNN`` (the newest ``keep`` are kept), with the trainer state:
-    the step and how many samples each process has drawn (the data position resume
-    skips to). Every process takes part; only the main one writes the trainer state."""
+    the step, how many samples each process has drawn (the data position resume skips
+    to) and, when given, ``trained_seconds``: the wall seconds spent in training steps
+    from step 0 to this one (start-up, checkpoints and sample grids excluded; see
+    :func:`checkpoint_seconds`). Every process takes part; only the main one writes the
+    trainer state."""
     staging = staging_dir(run_dir, step) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     target = staging or (run_dir / CHECKPOINTS / f".step-{step:06d}.tmp")
     accelerator.save_state(str(target), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(target / TRAINER_STATE, {"step": step, "draws_per_process": draws_per_process})
+        state: dict[str, Any] = {"step": step, "draws_per_process": draws_per_process}
+        if trained_seconds is not None:
+            state["trained_seconds"] = round(trained_seconds, 3)
+        write_json(target / TRAINER_STATE, state)
         commit_checkpoint(run_dir, target, step, keep)
     accelerator.wait_for_everyone()
+
+
+def checkpoint_seconds(run_dir: Path, step: int) -> float:
+    """The ``trained_seconds`` checkpoint ``step`` of ``run_dir`` records: 0.0 at step 0
+    and for a checkpoint written without them. A resumed run adds its own steps' seconds
+    to these, so a checkpoint counts from step 0 whatever the interruptions.
+
+    Raises :class:`CheckpointError` when the checkpoint (or its trainer state) is missing.
+    """
+    if step == 0:
+        return 0.0
+    state = read_json(run_dir / CHECKPOINTS / checkpoint_name(step) / TRAINER_STATE)
+    return float(state.get("trained_seconds", 0.0))
 
 
 def read_manifest_at(path: Path, flag: str) -> Manifest:
@@ -242,10 +267,22 @@ def replay_sample(
 ) -> list[ManifestRecord]:
     """Up to ``limit`` train pairs of an older snapshot that the new one does not hold,
     chosen at random (seeded), kept in manifest order."""
+    return draw_replay(replay_pool(older, current), limit, seed)
+
+
+def replay_pool(older: Manifest, current: Sequence[ManifestRecord]) -> list[ManifestRecord]:
+    """The train pairs of an older snapshot that ``current`` does not hold (by pair id),
+    in manifest order: what :func:`replay_sample` draws from."""
     held = {r.pair_id for r in current}
-    pool = [r for r in older.split("train") if r.pair_id not in held]
+    return [r for r in older.split("train") if r.pair_id not in held]
+
+
+def draw_replay(pool: Sequence[ManifestRecord], limit: int, seed: int) -> list[ManifestRecord]:
+    """Up to ``limit`` of ``pool`` chosen at random (seeded), in pool order; all of it
+    when it holds no more than ``limit`` (so drawing again from a drawn pool changes
+    nothing: the retrain cycle draws first and hands the script only what it drew)."""
     if len(pool) <= limit:
-        return pool
+        return list(pool)
     chosen = np.random.default_rng(seed).choice(len(pool), size=limit, replace=False)
     return [pool[i] for i in sorted(chosen)]
 

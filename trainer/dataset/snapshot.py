@@ -243,6 +243,48 @@ def _summary(
     )
 
 
+def subset_manifest(
+    manifest: DatasetManifest, records: Sequence[ManifestRecord]
+) -> DatasetManifest:
+    """``manifest`` holding only ``records`` (some of its own: a retrain's replay), with
+    the counts over records recomputed; the counts about the state it was frozen from
+    (review queue, cap, duplicates, quarantine) and its params stay.
+
+    Records keep their split and weight but lose their identity group, and the summary its
+    split fallback: a group is named by a member's pseudonym, who may have no record in
+    the subset (or may have been erased since), and the subset is never split again.
+    """
+    kept = [r.model_copy(update={"identity": None}) for r in records]
+    splits = {
+        split: SplitCounts(
+            records=sum(1 for r in kept if r.split == split),
+            subjects=len({r.subject for r in kept if r.split == split}),
+        )
+        for split in SPLITS
+    }
+    decided = Counter(_decider(r.lineage.decided_by) for r in kept)
+    summary = manifest.summary.model_copy(
+        update={
+            "records": len(kept),
+            "subjects": len({r.subject for r in kept}),
+            "splits": splits,
+            "styles": dict(sorted(Counter(r.style for r in kept).items())),
+            "split_fallback": [],
+            "decided_by": {k: decided.get(k, 0) for k in ("auto", "human", "import", "other")},
+            "identity_groups": 0,
+            "merged_subjects": 0,
+        }
+    )
+    versions = [r.lineage.library_version for r in kept]
+    return manifest.model_copy(
+        update={
+            "library_version": max(versions) if versions else None,
+            "summary": summary,
+            "records": kept,
+        }
+    )
+
+
 # -- writing: the manifest file (the snapshots row is :func:`record_snapshot`) ---------------
 
 

@@ -1,6 +1,8 @@
 """Retrain cycles, by tiny real runs on fixture snapshots (32 px, 2 steps, SQLite in a
 temporary home): a first base version promoted on absolute limits, a warm-started LoRA
-version gated against it, a deliberately worse candidate refused, and ``s2a models``."""
+version gated against it with a replay of the champion's snapshot (without the pairs of a
+subject erased since, after an erasure), a deliberately worse candidate refused, the steps
+each cycle logs, and ``s2a models``."""
 
 from __future__ import annotations
 
@@ -15,16 +17,20 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from snapshot_fixture import FixtureSnapshot, make_snapshot
 from sqlalchemy import Engine
+from sqlmodel import SQLModel
 
 from agents.stages.embed import DlibResnetEmbedder
+from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for
 from infra.cli import cli
 from schemas.migrate import upgrade
 from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.settings import Settings, TrainSettings
+from schemas.tables import VersionSubject
 from trainer.cycle import CycleResult, gate_version, merge_adapter, run_cycle
-from trainer.dataset.snapshot import read_manifest
+from trainer.dataset.snapshot import manifest_path, read_manifest
 from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
+from trainer.runs import replay_sample
 
 #: The tiny generator of test_pix2pix_train.py (~40k parameters at 32 px).
 TINY = [
@@ -118,7 +124,9 @@ def test_version_subjects_are_the_manifest_subjects(cycles: Cycles) -> None:
     first = read_manifest(settings.dataset_dir, cycles.first_snapshot.snapshot_id)
     second = read_manifest(settings.dataset_dir, cycles.second_snapshot.snapshot_id)
     assert cycles.registry.subjects("converter", 1) == sorted({r.subject for r in first.records})
-    # The second replays the first snapshot: its subjects count as trained on too.
+    # The second holds subjects 3-8 and replays the first's train pairs it does not hold
+    # (subjects 0-2): every subject of both, and no more (the first's validation
+    # subjects 4 and 5 are the second's train ones).
     both = {r.subject for r in first.records} | {r.subject for r in second.records}
     assert cycles.registry.subjects("converter", 2) == sorted(both)
     only_first = sorted({r.subject for r in first.records} - {r.subject for r in second.records})
@@ -126,6 +134,137 @@ def test_version_subjects_are_the_manifest_subjects(cycles: Cycles) -> None:
         ("converter", 1),
         ("converter", 2),
     ]
+
+
+def test_a_normal_cycle_replays_every_pair_the_script_would_draw(cycles: Cycles) -> None:
+    settings = cycles.settings
+    first = read_manifest(settings.dataset_dir, cycles.first_snapshot.snapshot_id)
+    second = read_manifest(settings.dataset_dir, cycles.second_snapshot.snapshot_id)
+    row = cycles.registry.get("converter", 2)
+    replay = row.config["replay"]
+    assert replay["source"] == cycles.first_snapshot.snapshot_id
+    assert replay["counts"] == {
+        "source_train": 4,
+        "held": 1,  # pair-0003 is in both snapshots
+        "erased": 0,
+        "eligible": 3,
+        "drawn": 3,
+        "missing_blobs": 0,
+        "replayed": 3,
+    }
+    # The replay manifest holds what the script would have drawn from the champion's
+    # snapshot itself, and the run trained on all of it.
+    replayed = read_manifest(settings.dataset_dir, replay["manifest"])
+    expected = replay_sample(first, second.split("train"), 256, 0)
+    assert [r.pair_id for r in replayed.records] == [r.pair_id for r in expected]
+    assert [r.pair_id for r in replayed.records] == ["pair-0000", "pair-0001", "pair-0002"]
+    assert replayed.summary.records == 3
+    assert all(r.identity is None for r in replayed.records)
+    run = json.loads((Path(row.run_dir) / "run.json").read_text())
+    assert (run["replay_snapshot"], run["replay_pairs"]) == (replay["manifest"], 3)
+    argv = row.config["argv"]
+    flag = argv.index("--replay-manifest")
+    assert argv[flag + 1] == str(manifest_path(settings.dataset_dir, replay["manifest"]))
+
+
+def test_a_cycles_log_names_its_steps(cycles: Cycles) -> None:
+    row = cycles.registry.get("converter", 2)
+    text = Path(row.log_path).read_text()
+    snapshot = cycles.second_snapshot.snapshot_id
+    for step in (
+        f"converter v2: lora run on {snapshot} (trigger data)",
+        f"snapshot {snapshot} frozen: 6 pairs of 6 subjects (train 4, validation 2)",
+        f"replay of champion v1's snapshot: 3 of the 4 train pairs of "
+        f"{cycles.first_snapshot.snapshot_id}",
+        f"replay manifest {row.config['replay']['manifest']}: 3 pairs",
+        "subjects: v2 trains on 9",
+        "training: lora run of 2 steps, batch 2, 32 px",
+        "training finished: 2 steps in ",
+        "export: generator.json, generator.safetensors, model.int8.onnx, model.onnx in ",
+        "candidate -> v2",
+        f"gate on 2 validation pairs of {snapshot}, against champion v1: ",
+    ):
+        assert step in text, step
+    if cycles.second.status == "promoted":
+        assert "promoted: champion v1 -> champion v2 by scheduler" in text
+    else:
+        assert "refused: champion v1 stays" in text
+    assert f"converter v2 {cycles.second.status}: {cycles.second.reason}" in text
+    # `s2a models show` names the log; the first version's says it had no replay.
+    first = Path(cycles.registry.get("converter", 1).log_path).read_text()
+    assert "converter v1: base run on" in first
+    assert "replay: none (no champion yet: a base run)" in first
+    assert "gate on 2 validation pairs" in first
+    assert "against no champion: passed against the first-version limits" in first
+    assert "promoted: no champion -> champion v1 by scheduler" in first
+
+
+def test_an_erasure_cycle_replays_the_champions_snapshot_without_the_erased(
+    tmp_path: Path,
+) -> None:
+    """An erasure that left the champion's snapshot on disk: the erased subject's
+    ``version_subjects`` rows and crops are gone (what agents.erasure removes), and one
+    more pair lost a blob. The erasure-triggered cycle replays the rest of the snapshot."""
+    first = make_snapshot(tmp_path, n_train=4, n_validation=2)
+    second = make_snapshot(tmp_path, n_train=4, n_validation=2, offset=3)
+    settings = Settings(
+        home=tmp_path,
+        train=TrainSettings(steps=2, batch_size=2, resolution=32, checkpoint_every=100),
+    )
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    registry = Registry(engine, settings.models_dir)
+
+    def cycle(snapshot: FixtureSnapshot, trigger: str) -> CycleResult:
+        return run_cycle(
+            settings,
+            trigger,
+            engine=engine,
+            freeze=lambda _engine, _settings: snapshot.snapshot_id,
+            embedder=None,
+            train_args=TINY,
+        )
+
+    try:
+        assert cycle(first, "manual").status == "promoted"
+        old = read_manifest(settings.dataset_dir, first.snapshot_id)
+        erased = next(r for r in old.records if r.subject == "subject-0001")
+        lost = next(r for r in old.records if r.subject == "subject-0002")
+        subjects = SQLModel.metadata.tables[VersionSubject.__tablename__]
+        with engine.begin() as connection:
+            connection.execute(subjects.delete().where(subjects.c.subject == erased.subject))
+        blobs = BlobStore(first.blob_dir)
+        for digest in (erased.selfie.crop_256, erased.selfie.crop_512, lost.selfie.crop_256):
+            assert blobs.delete(digest)
+
+        result = cycle(second, "erasure")
+
+        assert result.status in ("promoted", "refused"), result.reason
+        row = registry.get("converter", 2)
+        assert row.config["replay_snapshot"] == first.snapshot_id
+        assert row.config["replay"]["counts"] == {
+            "source_train": 4,
+            "held": 1,
+            "erased": 1,
+            "eligible": 2,
+            "drawn": 2,
+            "missing_blobs": 1,
+            "replayed": 1,
+        }
+        replay_id = row.config["replay"]["manifest"]
+        replayed = read_manifest(settings.dataset_dir, replay_id)
+        assert [r.pair_id for r in replayed.records] == ["pair-0000"]
+        written = manifest_path(settings.dataset_dir, replay_id).read_bytes()
+        assert erased.subject.encode() not in written
+        run = json.loads((Path(row.run_dir) / "run.json").read_text())
+        assert (run["replay_snapshot"], run["replay_pairs"]) == (replay_id, 1)
+        # Trained on: the new snapshot and the one replayed pair, nothing else.
+        new = {r.subject for r in read_manifest(settings.dataset_dir, second.snapshot_id).records}
+        assert registry.subjects("converter", 2) == sorted(new | {"subject-0000"})
+        assert registry.versions_with_subject("subject-0002") == [("converter", 1)]
+        assert "1 of subjects erased since" in Path(row.log_path).read_text()
+    finally:
+        engine.dispose()
 
 
 def test_second_cycle_warm_starts_a_lora_and_is_gated_against_the_champion(

@@ -19,7 +19,7 @@ from trainer.dataset.snapshot import read_manifest
 from trainer.errors import CheckpointError, TrainingConfigError
 from trainer.families.pix2pix_lora.model import GeneratorConfig, build_model, stylise
 from trainer.families.pix2pix_lora.train import main, parse_args
-from trainer.runs import checkpoints
+from trainer.runs import checkpoint_seconds, checkpoints
 from trainer.torchdata import PairDataset, to_rgb
 
 #: A generator of ~40k parameters at 32 px: each step takes well under a second.
@@ -102,6 +102,10 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(
         assert all(torch.equal(whole[k], cut[k]) for k in whole), name
     lines = [(tmp_path / r / "losses.jsonl").read_text() for r in ("whole", "cut")]
     assert lines[0] == lines[1]  # and the loss log holds each step once, with equal losses
+    # Checkpoints count the seconds spent in training steps from step 0, across the resume.
+    for run in ("whole", "cut"):
+        two, four = (checkpoint_seconds(tmp_path / run, step) for step in (2, 4))
+        assert 0 < two < four, run
 
     # Resuming a finished run changes nothing; resuming with other flags is refused.
     assert _run(snapshot, "base", tmp_path / "cut", *flags, "--resume") == resumed

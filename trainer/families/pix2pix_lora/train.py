@@ -84,6 +84,7 @@ from trainer.runs import (
     RUN_JSON,
     SAMPLES,
     append_losses,
+    checkpoint_seconds,
     finish_run,
     plot_losses,
     progress_bar,
@@ -397,6 +398,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     step, finished = start_run(accelerator, run_dir, args.resume, fingerprint, run_info, args.steps)
     if finished is not None:
         return finished
+    # Checkpoints record the training seconds from step 0, across resumes.
+    seconds_before = checkpoint_seconds(run_dir, step)
 
     # -- training ---------------------------------------------------------------------------
     bar = progress_bar(accelerator, args.progress, args.steps, step, f"{FAMILY} {args.mode}")
@@ -439,7 +442,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             bar.set_postfix(g=f"{row['g']:.3f}", d=f"{row['d']:.3f}", refresh=False)
             if step % args.checkpoint_every == 0 and step < args.steps:
                 save_checkpoint(
-                    accelerator, run_dir, step, args.keep_checkpoints, draws_per_process=step
+                    accelerator,
+                    run_dir,
+                    step,
+                    args.keep_checkpoints,
+                    draws_per_process=step,
+                    trained_seconds=seconds_before + trained_seconds,
                 )
                 if accelerator.is_main_process:
                     _write_samples(generator, accelerator, shown_set, run_dir, f"step-{step:06d}")
