@@ -53,12 +53,57 @@ EDGE_MARGIN = 0.25
 #: A face whose box is within this share of its height of an edge gets the second look.
 NEAR_EDGE = 0.25
 
+#: Candidate batches of MTCNN's refinement nets are padded up to a power of two until this
+#: size, then to a multiple of it (see :class:`PaddedBatch`).
+BATCH_BUCKET = 64
+
 RETINAFACE_SETTING = "S2A_MODELS__RETINAFACE_WEIGHTS"
 RETINAFACE_HOW = (
     "Download retinaface.pth from the serengil/deepface_models release "
     "(https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.pth) "
     "on a machine with internet access and copy it there."
 )
+
+
+def bucket_size(n: int, step: int = BATCH_BUCKET) -> int:
+    """``n`` rounded up to the next power of two while at most ``step``, else to the next
+    multiple of ``step`` (1 -> 1, 3 -> 4, 40 -> 64, 65 -> 128, 130 -> 192)."""
+    if n <= step:
+        return 1 << max(0, n - 1).bit_length()
+    return -(-n // step) * step
+
+
+def power_of_two_runs(n: int) -> list[int]:
+    """``n`` as a sum of distinct powers of two, largest first (13 -> [8, 4, 1])."""
+    return [1 << bit for bit in reversed(range(n.bit_length())) if n >> bit & 1]
+
+
+class PaddedBatch(torch.nn.Module):
+    """Runs ``inner`` on its batch padded with zero rows to :func:`bucket_size`, and returns
+    the real rows only (a tensor or a tuple of tensors, first axis = batch).
+
+    Why: MTCNN's RNet and ONet see as many rows as PNet left candidates, a count that differs
+    in nearly every call. Every new input shape makes oneDNN build and cache convolution
+    primitives, and the allocator keeps the differently sized buffers: the chain run in
+    process on 1,500 uploads in random batches of 1-16 grew by ~280 MiB per 1,000; with the
+    candidate counts bucketed (a dozen shapes) and PNet's batches in power-of-two runs,
+    ~25-60 (RELIABILITY.md, "Soak"). Rows are independent in these nets (no batch statistics
+    in eval mode), so padding does not change the real rows' outputs beyond float rounding.
+    """
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: torch.Tensor) -> Any:
+        rows = batch.shape[0]
+        padded = bucket_size(rows)
+        if padded != rows:
+            batch = torch.cat([batch, batch.new_zeros((padded - rows, *batch.shape[1:]))])
+        out = self.inner(batch)
+        if isinstance(out, tuple):
+            return tuple(part[:rows] for part in out)
+        return out[:rows]
 
 
 class FaceDetector(Protocol):
@@ -140,6 +185,10 @@ class MtcnnDetector:
         # 16 London portraits), same detections to float tolerance.
         for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
             net.to(memory_format=torch.channels_last)
+        # PNet's batch is the images sharing a canvas (at most a worker batch); the
+        # refinement nets' is a candidate count, unbounded in variety: bucket it.
+        self._mtcnn.rnet = PaddedBatch(self._mtcnn.rnet)
+        self._mtcnn.onet = PaddedBatch(self._mtcnn.onet)
 
     def canvas_side(self, width: int, height: int) -> int:
         """The square canvas an image of this size is detected on: its downscaled longest
@@ -176,8 +225,21 @@ class MtcnnDetector:
     def _detect_on(
         self, side: int, images: Sequence[CleanImage], margin: int = 0
     ) -> list[list[Detection]]:
-        """One MTCNN call for images sharing a canvas size (MTCNN batches equal sizes only),
-        each pasted ``margin`` canvas pixels in from the top-left corner."""
+        """MTCNN on images sharing a canvas size (MTCNN batches equal sizes only), each
+        pasted ``margin`` canvas pixels in from the top-left corner: one call per
+        power-of-two run of them (13 images: 8, 4, 1), so PNet sees a handful of batch
+        shapes without computing padding rows (see :class:`PaddedBatch` for why shapes
+        matter)."""
+        found: list[list[Detection]] = []
+        start = 0
+        for size in power_of_two_runs(len(images)):
+            found += self._detect_run(side, images[start : start + size], margin)
+            start += size
+        return found
+
+    def _detect_run(
+        self, side: int, images: Sequence[CleanImage], margin: int
+    ) -> list[list[Detection]]:
         full = side + 2 * margin
         canvas = np.full((len(images), full, full, 3), _PAD_VALUE, np.uint8)
         factors: list[tuple[float, float]] = []

@@ -14,9 +14,12 @@ from agents.errors import ModelWeightsMissing
 from agents.records import CleanImage, Detection
 from agents.stages.detect import (
     MtcnnDetector,
+    PaddedBatch,
     RetinaFaceDetector,
+    bucket_size,
     build_detector,
     detections_from_retinaface,
+    power_of_two_runs,
 )
 from schemas.settings import ModelSettings
 
@@ -104,6 +107,64 @@ def test_a_face_at_the_edge_keeps_its_landmarks(
     edge = max(found, key=lambda f: f.size)
     expected = face.landmarks - np.array([left, top], dtype=np.float32)
     np.testing.assert_allclose(edge.landmarks, expected, atol=0.04 * face.size)
+
+
+def test_batch_shapes_are_bounded() -> None:
+    assert [bucket_size(n) for n in (1, 2, 3, 5, 33, 64, 65, 130, 512)] == [
+        1, 2, 4, 8, 64, 64, 128, 192, 512,
+    ]  # fmt: skip
+    assert {bucket_size(n) for n in range(1, 513)} == {1, 2, 4, 8, 16, 32, *range(64, 513, 64)}
+    for n in range(0, 40):
+        runs = power_of_two_runs(n)
+        assert sum(runs) == n
+        assert runs == sorted(set(runs), reverse=True)
+        assert all(r & (r - 1) == 0 for r in runs)
+
+
+def test_padded_batch_returns_the_real_rows_unchanged() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.PReLU(4)).eval()
+
+    class Two(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = net(x)
+            return y, y.flatten(1).sum(1)
+
+    x = torch.randn(5, 3, 12, 12)
+    with torch.inference_mode():
+        out, total = PaddedBatch(Two())(x)
+        want, want_total = Two()(x)
+    assert out.shape == want.shape == (5, 4, 10, 10)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(total, want_total)
+
+
+def test_the_nets_see_a_handful_of_batch_shapes(
+    detector: MtcnnDetector, portraits: dict[str, CleanImage]
+) -> None:
+    # Batches of every size from 1 to 9 portraits: without bucketing, RNet and ONet see as
+    # many shapes as candidate counts, and PNet one per batch size and pyramid level.
+    seen: dict[str, set[int]] = {"pnet": set(), "rnet": set(), "onet": set()}
+    mtcnn = detector._mtcnn
+    # What the networks themselves run on: inside a PaddedBatch wrapper where there is one.
+    nets = {name: getattr(getattr(mtcnn, name), "inner", getattr(mtcnn, name)) for name in seen}
+    hooks = [
+        nets[name].register_forward_pre_hook(
+            lambda _m, args, name=name: seen[name].add(args[0].shape[0])
+        )
+        for name in seen
+    ]
+    images = list(portraits.values())
+    try:
+        for n in range(1, len(images) + 1):
+            detector.detect(images[:n])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    powers = {1 << k for k in range(10)}
+    assert seen["pnet"] <= powers
+    assert seen["rnet"] | seen["onet"] <= {bucket_size(n) for n in range(1, 513)}
+    assert len(seen["rnet"]) <= 8
 
 
 def test_no_face_on_blank_or_noise(detector: MtcnnDetector) -> None:
