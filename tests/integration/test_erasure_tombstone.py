@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from qdrant_client import QdrantClient
+from records import face_row, valid_upload
 from sqlalchemy import Engine, insert, select
 from sqlmodel import SQLModel
 
@@ -46,7 +47,7 @@ from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin
 from schemas.settings import Settings
 from schemas.tables import Face, Subject, Tombstone, Upload
-from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, Source, UploadEvent
+from schemas.uploads import Consent, DeclaredAttributes, ImagePayload, UploadEvent
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 ERASED = "person-erased@example.com"
@@ -329,43 +330,11 @@ def engine(sql_url: str) -> Iterator[Engine]:
 
 
 def _upload(upload_id: str = "u-1") -> ValidUpload:
-    return ValidUpload(
-        upload_id=upload_id,
-        subject=SUBJECT,
-        consent_version="1",
-        consent_scopes=("training",),
-        consent_granted_at=GRANTED,
-        consent_expires_at=None,
-        source=Source.SELFIE,
-        license=None,
-        attribution=None,
-        attributes=DeclaredAttributes(),
-        submitted_at=GRANTED,
-        image_data=b"not read",
-        image_uri=None,
-    )
+    return valid_upload(upload_id, SUBJECT, consent_granted_at=GRANTED, submitted_at=GRANTED)
 
 
 def _face(upload: ValidUpload) -> Face:
-    return Face(
-        face_id=face_id_for(upload.upload_id),
-        upload_id=upload.upload_id,
-        subject=upload.subject,
-        source=upload.source.value,
-        detector="mtcnn",
-        detection_prob=0.99,
-        box=[1.0, 2.0, 3.0, 4.0],
-        landmarks=[[1.0, 1.0]] * 5,
-        quality={},
-        crop_256="1" * 64,
-        crop_512="2" * 64,
-        align={},
-        embedder="test",
-        embedder_random_init=True,
-        image_width=10,
-        image_height=10,
-        created_at=GRANTED,
-    )
+    return face_row(upload, face_id=face_id_for(upload.upload_id), embedder="test")
 
 
 class _Running:

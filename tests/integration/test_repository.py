@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from records import face_row, valid_upload
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -26,7 +26,6 @@ from schemas.migrate import upgrade
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection
 from schemas.tables import Face, Label, Subject, Upload
-from schemas.uploads import DeclaredAttributes, Source
 
 GRANTED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SUBMITTED = datetime(2026, 1, 2, 9, 30, tzinfo=UTC)
@@ -55,22 +54,12 @@ def repository(engine: Engine) -> Repository:
 @pytest.fixture
 def make_upload() -> MakeUpload:
     def make(upload_id: str = "u-1", subject: str = ALICE, **changes: Any) -> ValidUpload:
-        upload = ValidUpload(
-            upload_id=upload_id,
-            subject=subject,
-            consent_version="2026-01",
-            consent_scopes=("training",),
-            consent_granted_at=GRANTED,
-            consent_expires_at=None,
-            source=Source.SELFIE,
-            license=None,
-            attribution=None,
-            attributes=DeclaredAttributes(),
-            submitted_at=SUBMITTED,
-            image_data=b"not used by the repository",
-            image_uri=None,
-        )
-        return dataclasses.replace(upload, **changes)
+        defaults = {
+            "consent_version": "2026-01",
+            "submitted_at": SUBMITTED,
+            "image_data": b"not used by the repository",
+        }
+        return valid_upload(upload_id, subject, **{**defaults, **changes})
 
     return make
 
@@ -78,27 +67,9 @@ def make_upload() -> MakeUpload:
 @pytest.fixture
 def make_face() -> MakeFace:
     def make(upload: ValidUpload, **changes: Any) -> Face:
-        values: dict[str, Any] = {
-            "face_id": f"face-{upload.upload_id}",
-            "upload_id": upload.upload_id,
-            "subject": upload.subject,
-            "source": upload.source.value,
-            "detector": "mtcnn",
-            "detection_prob": 0.999,
-            "box": [10.0, 20.0, 110.0, 140.0],
-            "landmarks": [[40.0, 60.0], [80.0, 60.0], [60.0, 85.0], [45.0, 110.0], [75.0, 110.0]],
-            "quality": {"sharpness": 120.5, "brightness": 128.0},
-            "crop_256": "1" * 64,
-            "crop_512": "2" * 64,
-            "align": {"256": [[1.0, 0.0, -5.0], [0.0, 1.0, -7.0]]},
-            "embedder": "inception-resnet-v1",
-            "embedder_random_init": True,
-            "image_width": 640,
-            "image_height": 480,
-            "created_at": datetime(2026, 1, 2, 9, 31, tzinfo=UTC),
-        }
-        values.update(changes)
-        return Face(**values)
+        return face_row(
+            upload, **{"created_at": datetime(2026, 1, 2, 9, 31, tzinfo=UTC), **changes}
+        )
 
     return make
 

@@ -81,7 +81,7 @@ def test_batch_outcomes_and_redelivery(pipeline: IngestPipeline) -> None:
         expires_at=datetime.now(UTC) - timedelta(minutes=1),
     )
     batch = [Incoming(e.to_bytes()) for e in (a, a_other_photo, b, b_again, expired)]
-    batch.append(Incoming(b"{not json"))
+    batch.append(Incoming(f"{{not json {uuid.uuid4().hex}".encode()))
     batch.append(Incoming(a.to_bytes()))  # the same upload twice in one batch
 
     outcomes = pipeline.run(batch)
@@ -269,7 +269,7 @@ def test_a_rejection_leaves_no_reference_cycle_holding_the_batch(
             _event(_photo("london_004_neutral.jpg"), f"subject-{uuid.uuid4().hex}").to_bytes()
         ),
         Incoming(_event(blank.getvalue(), f"subject-{uuid.uuid4().hex}").to_bytes()),  # no face
-        Incoming(b"{not json"),
+        Incoming(f"{{not json {uuid.uuid4().hex}".encode()),
     ]
     gc.collect()
     gc.disable()

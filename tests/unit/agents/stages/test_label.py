@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from records import valid_upload
 
-from agents.records import CleanImage, Detection, QualityReport, ValidUpload
+from agents.records import CleanImage, Detection, QualityReport
 from agents.stages.detect import MtcnnDetector
 from agents.stages.label import (
     BLUR,
@@ -27,7 +28,7 @@ from agents.stages.prepare import declared_labels
 from agents.stages.quality import assess
 from schemas.labels import VALUES, LabelName, check
 from schemas.settings import QualitySettings
-from schemas.uploads import DeclaredAttributes, Expression, Source
+from schemas.uploads import DeclaredAttributes, Expression
 
 _FACE = Detection(
     box=(10.0, 10.0, 210.0, 250.0), prob=0.999, landmarks=np.zeros((5, 2), np.float32)
@@ -218,22 +219,13 @@ def test_declared_expression_is_the_vocabulary_value() -> None:
 
 def test_declared_labels_of_an_upload_are_vocabulary_rows() -> None:
     now = datetime(2026, 1, 2, tzinfo=UTC)
-    upload = ValidUpload(
-        upload_id="u-1",
+    upload = valid_upload(
         subject="a" * 64,
-        consent_version="1",
-        consent_scopes=("training",),
         consent_granted_at=now,
-        consent_expires_at=None,
-        source=Source.SELFIE,
-        license=None,
-        attribution=None,
+        submitted_at=now,
         attributes=DeclaredAttributes(
             age=24, gender="Female", glasses=True, hair_colour="auburn", expression="smiling"
         ),
-        submitted_at=now,
-        image_data=None,
-        image_uri=None,
     )
     rows = declared_labels(upload, "face-1", now)
     assert [(r.name, r.value) for r in rows] == [

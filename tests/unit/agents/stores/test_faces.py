@@ -10,13 +10,13 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from records import valid_upload
 
 from agents.errors import EmbedderMismatch, StorageError
 from agents.records import EmbeddingSpace, ValidUpload
 from agents.sink import DuplicateRule, FaceStore
 from agents.stores.blobs import BlobStore
 from agents.stores.faces import APPEARANCE_VECTOR, FACE_VECTOR, FaceIndex, faces_collection
-from schemas.uploads import DeclaredAttributes, Source
 
 DLIB = EmbeddingSpace("dlib-resnet/sha256=0123456789ab", 128)
 INCEPTION = EmbeddingSpace("inception-resnet-v1/random-init/seed=0", 512)
@@ -96,18 +96,4 @@ def test_the_store_refuses_a_vector_of_another_embedder(tmp_path: Path) -> None:
 
 def _upload() -> ValidUpload:
     now = datetime.now(UTC)
-    return ValidUpload(
-        upload_id="u-1",
-        subject="0" * 64,
-        consent_version="1",
-        consent_scopes=("training",),
-        consent_granted_at=now,
-        consent_expires_at=None,
-        source=Source.SELFIE,
-        license=None,
-        attribution=None,
-        attributes=DeclaredAttributes(),
-        submitted_at=now,
-        image_data=None,
-        image_uri=None,
-    )
+    return valid_upload(consent_granted_at=now, submitted_at=now)

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 from cli_runner import run_s2a
 from click.testing import CliRunner
+from records import valid_upload
 from sqlalchemy import insert
 
 from agents.labelheads import (
@@ -32,7 +33,6 @@ from schemas.labels import LEARNABLE, check
 from schemas.migrate import upgrade
 from schemas.settings import Settings
 from schemas.tables import Face, Label
-from schemas.uploads import DeclaredAttributes, Source
 from trainer.errors import NotEnoughLabels
 from trainer.labels.heads import FOLDS, MIN_EXAMPLES, _untrusted, subject_folds, train_heads
 
@@ -286,21 +286,7 @@ SPACE = EmbeddingSpace(EMBEDDER, 512)
 
 
 def _upload(i: int, now: datetime) -> ValidUpload:
-    return ValidUpload(
-        upload_id=f"u-{i}",
-        subject=f"{i:064x}",
-        consent_version="1",
-        consent_scopes=("training",),
-        consent_granted_at=now,
-        consent_expires_at=None,
-        source=Source.SELFIE,
-        license=None,
-        attribution=None,
-        attributes=DeclaredAttributes(),
-        submitted_at=now,
-        image_data=None,
-        image_uri=None,
-    )
+    return valid_upload(f"u-{i}", f"{i:064x}", consent_granted_at=now, submitted_at=now)
 
 
 def _face(upload: ValidUpload, embedder: str, created_at: datetime) -> Face:
