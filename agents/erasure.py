@@ -83,7 +83,7 @@ from agents.objects import ObjectStore, artifact_store
 from agents.stages.anonymize import pseudonymize
 from agents.stores.blobs import BlobStore, open_blobs
 from agents.stores.db import for_writing, sql_errors
-from agents.stores.faces import FACES
+from agents.stores.faces import CROPS_PAYLOAD, FACES
 from agents.stores.keys import checked_pseudonym_key
 from agents.stores.outbox import forget
 from agents.stores.tombstones import lock_subject, record_tombstone, tombstone_digest
@@ -359,8 +359,11 @@ class Eraser:
             return done
         for _ in range(_ATTEMPTS):
             plan = self._plan(pseudonym)
+            # Crops first, points after: a point names its crops, also those of a face that
+            # never reached SQL (a worker killed between its writes and the commit).
+            named = self._crops_named_by_points(pseudonym, plan.face_ids)
+            crops = self._remove_crops(pseudonym, plan.crops | named)
             points = self._remove_points(pseudonym, plan.face_ids)
-            crops = self._remove_crops(pseudonym, plan.crops)
             exports = self._remove_exports(plan.snapshots)
             self._remove_snapshot_folders(plan.snapshots)
             grids = self._remove_sample_grids(plan.run_dirs)
@@ -526,13 +529,10 @@ class Eraser:
         """Delete the subject's points in every faces collection; how many the subject had
         (its faces', whether this run or an interrupted one removed them, and any found
         by the payload alone)."""
-        by_subject = models.Filter(
-            must=[models.FieldCondition(key="subject", match=models.MatchValue(value=pseudonym))]
-        )
+        by_subject = _of_subject(pseudonym)
         removed = set(face_ids)
         try:
-            names = [c.name for c in self.client.get_collections().collections]
-            for name in sorted(n for n in names if n == FACES or n.startswith(f"{FACES}-")):
+            for name in self._faces_collections():
                 ids = self._ids_matching(name, by_subject)
                 if face_ids:
                     ids |= {str(p.id) for p in self.client.retrieve(name, ids=sorted(face_ids))}
@@ -549,16 +549,42 @@ class Eraser:
             raise StorageError(f"cannot delete the subject's points from Qdrant: {exc}") from exc
         return len(removed)
 
-    def _ids_matching(self, collection: str, condition: models.Filter) -> set[str]:
-        found: set[str] = set()
+    def _crops_named_by_points(self, pseudonym: str, face_ids: set[str]) -> set[str]:
+        """The crop digests the subject's points name (``CROPS_PAYLOAD``), in every faces
+        collection: the subject's own faces', and any face written but never recorded."""
+        named: set[str] = set()
+        try:
+            for name in self._faces_collections():
+                points = self._points_matching(name, _of_subject(pseudonym), [CROPS_PAYLOAD])
+                if face_ids:
+                    points += self.client.retrieve(
+                        name, ids=sorted(face_ids), with_payload=[CROPS_PAYLOAD]
+                    )
+                for point in points:
+                    named.update((point.payload or {}).get(CROPS_PAYLOAD, ()))
+        except Exception as exc:  # qdrant-client's errors have no common base (stores.faces)
+            raise StorageError(f"cannot read the subject's points from Qdrant: {exc}") from exc
+        return named
+
+    def _faces_collections(self) -> list[str]:
+        names = [c.name for c in self.client.get_collections().collections]
+        return sorted(n for n in names if n == FACES or n.startswith(f"{FACES}-"))
+
+    def _points_matching(
+        self, collection: str, condition: models.Filter, payload: bool | list[str] = False
+    ) -> list[models.Record]:
+        found: list[models.Record] = []
         offset = None
         while True:
             batch, offset = self.client.scroll(
-                collection, scroll_filter=condition, limit=256, offset=offset, with_payload=False
+                collection, scroll_filter=condition, limit=256, offset=offset, with_payload=payload
             )
-            found |= {str(point.id) for point in batch}
+            found += batch
             if offset is None:
                 return found
+
+    def _ids_matching(self, collection: str, condition: models.Filter) -> set[str]:
+        return {str(point.id) for point in self._points_matching(collection, condition)}
 
     # -- SQL, last -------------------------------------------------------------------------
 
@@ -681,6 +707,13 @@ class Eraser:
             return
         with sql_errors("checkpointing the erasure"), self.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _of_subject(pseudonym: str) -> models.Filter:
+    """The Qdrant filter of the points whose payload names ``pseudonym``."""
+    return models.Filter(
+        must=[models.FieldCondition(key="subject", match=models.MatchValue(value=pseudonym))]
+    )
 
 
 def _counts(connection: Connection, pseudonym: str) -> dict[str, int]:

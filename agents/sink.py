@@ -1,10 +1,12 @@
 """The sink of the ingest pipeline: crops into the blob store, the embedding into Qdrant,
 the face into SQL.
 
-Order matters for crash safety: blobs (content-addressed) and the Qdrant point (keyed by
-the face id, itself derived from the upload id) are idempotent, and the SQL transaction
-that marks the upload ``accepted`` comes last. A crash anywhere before it leaves the
-upload unfinished, so the re-delivered record redoes the same writes.
+Order matters for crash safety: the Qdrant point (keyed by the face id, itself derived from
+the upload id, and naming its crops' digests), then the crops (content-addressed), both
+idempotent, and the SQL transaction that marks the upload ``accepted`` last. A crash
+anywhere before it leaves the upload unfinished, so the re-delivered record redoes the same
+writes; and whatever was written is reachable from the point, so a face that never reaches
+SQL (its subject erased meanwhile) is taken back whole (:meth:`FaceStore.discard`).
 
 The SQL transaction also reads the subject's tombstone under the subject's lock
 (:mod:`agents.stores.tombstones`): when the subject was erased after the upload's consent
@@ -20,7 +22,7 @@ the person of the earlier ones (:class:`~schemas.reasons.FaceFlag`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,8 +35,8 @@ from agents.stages.imageio import decode_crop
 from agents.stages.label import Measurement
 from agents.stages.prepare import PreparedFace, declared_labels, face_id_for
 from agents.stages.registration import registered_similarity
-from agents.stores.blobs import BlobStore
-from agents.stores.faces import APPEARANCE_VECTOR, FACE_VECTOR, FaceIndex
+from agents.stores.blobs import BlobStore, blob_digest
+from agents.stores.faces import APPEARANCE_VECTOR, CROPS_PAYLOAD, FACE_VECTOR, FaceIndex
 from agents.stores.repository import Repository
 from schemas.reasons import FaceFlag, ReasonCode, Stage
 from schemas.rejections import Origin
@@ -224,7 +226,7 @@ class FaceStore:
         check = self.check_subject(upload, aligned, vector, prepared.signature)
         face_id = face_id_for(upload.upload_id)
         now = datetime.now(UTC)
-        crops = {size: self.blobs.put(png) for size, png in prepared.pngs.items()}
+        crops = {size: blob_digest(png) for size, png in prepared.pngs.items()}
         face = Face(
             face_id=face_id,
             upload_id=upload.upload_id,
@@ -262,37 +264,41 @@ class FaceStore:
                 "license": upload.license,
                 "embedder": embedder,
                 "embedder_random_init": random_init,
+                CROPS_PAYLOAD: sorted(set(crops.values())),
             },
         )
+        for png in prepared.pngs.values():
+            self.blobs.put(png)
         labels = declared_labels(upload, face_id, now) + [m.row(face_id, now) for m in measured]
         links = self.identity_links(upload, face_id, vector, embedder, now)
         try:
             self.repository.record_accepted(upload, face, labels, origin, links=links)
         except Rejected as rejected:
             if rejected.reason is ReasonCode.SUBJECT_ERASED:
-                # The erasure ran while this face was on its way: it could not see the
-                # point and crops written above (no SQL row named them yet), so they go here.
-                self.discard(face_id, crops.values())
+                # The erasure ran while this face was on its way and before the point
+                # above was written; the point and crops go here.
+                self.discard(face_id)
             raise
         return face
 
-    def discard(self, face_id: str, crops: Iterable[str] = ()) -> None:
-        """Take back what :meth:`store` wrote before SQL refused the face: its point, and
-        those of ``crops`` (blob digests) that no stored face or reference uses.
+    def discard(self, face_id: str) -> None:
+        """Take back what :meth:`store` wrote for a face that SQL refused or never recorded:
+        the crops its point names that no stored face or reference uses, then the point
+        (last: it is what names the crops, should this be cut short).
 
-        Idempotent. Raises :class:`~agents.errors.StorageError` when a store fails (the
-        record is then re-delivered, and refused again before anything is written).
+        Idempotent; a face id without a point costs one lookup. Raises
+        :class:`~agents.errors.StorageError` when a store fails (the record is then
+        re-delivered, and refused again before anything is written).
         """
-        self.index.delete([face_id])
-        digests = set(crops)
-        if not digests:
-            return
-        unused = digests - self.repository.crops_in_use(digests)
+        payload = self.index.payloads([face_id]).get(face_id, {})
+        digests = set(payload.get(CROPS_PAYLOAD, ()))
+        unused = digests - self.repository.crops_in_use(digests) if digests else set()
         try:
             for digest in sorted(unused):
                 self.blobs.delete(digest)
         except OSError as exc:
             raise StorageError(f"cannot delete a crop under {self.blobs.where}: {exc}") from exc
+        self.index.delete([face_id])
 
     def identity_links(
         self,

@@ -75,7 +75,8 @@ class BlobStore:
         return self.root / self.key(digest)
 
     def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+        """Store ``data`` under its digest (:func:`blob_digest`); the digest."""
+        digest = blob_digest(data)
         key = self.key(digest)
         if not self.objects.exists(key):
             self.objects.put(key, data)
@@ -142,6 +143,11 @@ class BlobStore:
         if missing:
             log.warning("%d blobs to stage are missing from %s", missing, self.where)
         return self.cache
+
+
+def blob_digest(data: bytes) -> str:
+    """The content address of ``data``: its SHA-256, 64 lowercase hex digits."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def open_blobs(settings: Settings) -> BlobStore:

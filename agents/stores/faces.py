@@ -31,6 +31,11 @@ APPEARANCE_VECTOR = "appearance"
 APPEARANCE_DIM = 256
 
 
+#: The payload key of a point's crop digests: written with the point, before the crops, so
+#: a face that never reached SQL (a worker killed in between) can still be taken back whole.
+CROPS_PAYLOAD = "crops"
+
+
 @contextmanager
 def qdrant_errors(what: str) -> Iterator[None]:
     """Turn whatever qdrant-client raises into a :class:`StorageError` naming ``what``.
@@ -212,9 +217,11 @@ class FaceIndex:
         return out
 
     def payloads(self, ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Every point's payload (or those of ``ids``), for audits and tests."""
+        """Every point's payload (or those of ``ids``; an id without a point is left out).
+        Raises :class:`StorageError` when Qdrant fails."""
         if ids is not None:
-            points = self.client.retrieve(self.collection, ids=list(ids), with_payload=True)
+            with qdrant_errors("read face payloads from Qdrant"):
+                points = self.client.retrieve(self.collection, ids=list(ids), with_payload=True)
             return {str(p.id): dict(p.payload or {}) for p in points}
         out: dict[str, dict[str, Any]] = {}
         offset = None

@@ -14,9 +14,9 @@ import io
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from qdrant_client import QdrantClient
 from records import face_row, valid_upload
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, event, insert, select, text
 from sqlmodel import SQLModel
 
 from agents.erasure import Eraser, ErasureResult
@@ -41,6 +41,7 @@ from agents.stores.blobs import BlobStore
 from agents.stores.db import create_engine_for, for_writing
 from agents.stores.repository import Repository
 from agents.stores.tombstones import lock_subject, record_tombstone, tombstone_digest
+from infra.waiting import wait_until
 from schemas.erasure import ErasureRequest
 from schemas.migrate import upgrade
 from schemas.reasons import ReasonCode, Stage, UploadState
@@ -321,6 +322,65 @@ SUBJECT = pseudonymize("app-user-7", KEY)
 GRANTED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
+class _Killed(BaseException):
+    """The worker dying (SIGKILL) after a face's point and crops are written and before its
+    SQL commit: nothing below the pipeline catches it."""
+
+
+def _killed_before_commit(world: World, queued: UploadEvent) -> set[str]:
+    """Run ``queued`` until its SQL commit and stop there; the crops it left behind."""
+    before = world.blobs()
+    store = world.pipeline.store
+    recording = store.repository.record_accepted
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise _Killed
+
+    store.repository.record_accepted = killed  # type: ignore[method-assign]
+    try:
+        with pytest.raises(_Killed):
+            world.pipeline.run([Incoming(queued.to_bytes())])
+    finally:
+        store.repository.record_accepted = recording  # type: ignore[method-assign]
+    left = world.blobs() - before
+    face_id = face_id_for(queued.upload_id)
+    assert len(left) == 2  # the 256 and 512 px crops, named by the point written first
+    assert store.index.payloads([face_id])[face_id]["crops"] == sorted(left)
+    assert world.crops_in_sql().isdisjoint(left)
+    return left
+
+
+def test_an_erasure_removes_a_face_written_but_never_recorded(world: World) -> None:
+    queued = _event("london_004_neutral.jpg", ERASED, datetime.now(UTC) - DAY)
+    left = _killed_before_commit(world, queued)
+
+    world.erase(ERASED)
+
+    assert world.blobs().isdisjoint(left)
+    assert world.pipeline.store.index.payloads([face_id_for(queued.upload_id)]) == {}
+    [again] = world.pipeline.run([Incoming(queued.to_bytes())])
+    assert again.rejection is not None
+    assert again.rejection.reason is ReasonCode.SUBJECT_ERASED
+    assert world.blobs().isdisjoint(left)
+
+
+def test_a_redelivery_refused_at_validate_takes_back_what_it_wrote_before(world: World) -> None:
+    # The erasure committed after this upload was validated and before its point was
+    # written: it could not see the point; the redelivery, refused at validate, removes it.
+    queued = _event("london_004_neutral.jpg", ERASED, datetime.now(UTC) - DAY)
+    left = _killed_before_commit(world, queued)
+    digest = tombstone_digest(world.pseudonym(ERASED), world.key)
+    with for_writing(world.engine).begin() as connection:
+        record_tombstone(connection, digest, datetime.now(UTC))
+
+    [outcome] = world.pipeline.run([Incoming(queued.to_bytes())])
+
+    assert outcome.rejection is not None
+    assert outcome.rejection.reason is ReasonCode.SUBJECT_ERASED
+    assert world.blobs().isdisjoint(left)
+    assert world.pipeline.store.index.payloads([face_id_for(queued.upload_id)]) == {}
+
+
 @pytest.fixture
 def engine(sql_url: str) -> Iterator[Engine]:
     upgrade(sql_url)
@@ -335,6 +395,38 @@ def _upload(upload_id: str = "u-1") -> ValidUpload:
 
 def _face(upload: ValidUpload) -> Face:
     return face_row(upload, face_id=face_id_for(upload.upload_id), embedder="test")
+
+
+@contextmanager
+def _waits_for_the_lock(engine: Engine) -> Iterator[None]:
+    """Hold until another thread has asked for the subject's lock this test holds (SQLite's
+    ``BEGIN IMMEDIATE``; PostgreSQL's advisory lock, seen waiting in ``pg_locks``): from
+    then on it cannot go on before this test's transaction ends."""
+    asked = threading.Event()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if threading.current_thread() is not threading.main_thread() and (
+            "BEGIN IMMEDIATE" in statement or "pg_advisory_xact_lock" in statement
+        ):
+            asked.set()
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield
+        wait_until(asked.is_set, deadline_s=30, what="the other side asking for the lock")
+        if engine.dialect.name == "postgresql":
+            waiting = text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            with engine.connect() as connection:
+                wait_until(
+                    lambda: connection.execute(waiting).scalar_one() > 0,
+                    deadline_s=30,
+                    what="the other side waiting for the advisory lock",
+                )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
 
 
 class _Running:
@@ -361,8 +453,8 @@ def test_the_recording_transaction_waits_for_an_erasure_in_progress(engine: Engi
         # The erasure's transaction, before its commit: lock taken, tombstone written.
         lock_subject(erasure, digest)
         record_tombstone(erasure, digest, GRANTED + DAY)
-        recording = _Running(lambda: repository.record_accepted(upload, _face(upload), []))
-        time.sleep(1.0)
+        with _waits_for_the_lock(engine):
+            recording = _Running(lambda: repository.record_accepted(upload, _face(upload), []))
         assert recording.thread.is_alive(), "the face was recorded during the erasure"
     recording.thread.join(timeout=30)
 
@@ -407,10 +499,12 @@ def test_an_erasure_waits_for_a_face_being_recorded_and_erases_it(
             )
         )
         recording.execute(insert(_table(Face)).values(**_face(upload).model_dump()))
-        erasing = _Running(
-            lambda: eraser.erase(SUBJECT, request_id="er-1", requested_by="t", requested_at=GRANTED)
-        )
-        time.sleep(1.0)
+        with _waits_for_the_lock(engine):
+            erasing = _Running(
+                lambda: eraser.erase(
+                    SUBJECT, request_id="er-1", requested_by="t", requested_at=GRANTED
+                )
+            )
         assert erasing.thread.is_alive(), "the erasure committed during the recording"
     erasing.thread.join(timeout=60)
 
