@@ -7,7 +7,9 @@ unable to find the first: nothing fails, the data just stops adding up. So the p
 that turn raw ids into pseudonyms (the worker's start, ``IngestPipeline.build`` and
 ``s2a erase``) take the key from :func:`checked_pseudonym_key`, which keeps the key's
 fingerprint in ``pseudonym_keys`` and refuses a different key while subjects made under
-the recorded one exist.
+the recorded one exist, or tombstones of erased ones (keyed digests that match only under
+the key they were made with: with another key, an erased subject's upload still queued
+would be ingested).
 
 Example::
 
@@ -30,12 +32,13 @@ from sqlmodel import SQLModel
 from agents.stores.db import for_writing, sql_errors
 from schemas.errors import ConfigError
 from schemas.settings import Settings
-from schemas.tables import PseudonymKey, Subject
+from schemas.tables import PseudonymKey, Subject, Tombstone
 
 log = logging.getLogger(__name__)
 
 _KEYS: Table = SQLModel.metadata.tables[PseudonymKey.__tablename__]
 _SUBJECTS: Table = SQLModel.metadata.tables[Subject.__tablename__]
+_TOMBSTONES: Table = SQLModel.metadata.tables[Tombstone.__tablename__]
 PURPOSE: Final = "subjects"
 _LABEL: Final = b"s2a-key-fingerprint"
 
@@ -59,9 +62,10 @@ def checked_pseudonym_key(settings: Settings, engine: Engine) -> bytes:
     The first call records the key's fingerprint; later calls compare with it. While the
     database holds subjects, a different key is a :class:`~schemas.errors.ConfigError`
     naming where each key came from and what to do, and a missing key file is not
-    regenerated (also a ``ConfigError``). Without subjects (a fresh database, or every
-    subject erased) no pseudonym can be orphaned: a new key is generated where needed and
-    recorded. A database migrated with subjects already in it trusts the first key it sees.
+    regenerated (also a ``ConfigError``); the same while it holds the tombstones of erased
+    subjects. Without either (a fresh database) nothing can be orphaned: a new key is
+    generated where needed and recorded. A database migrated with subjects already in it
+    trusts the first key it sees.
     Database failures are :class:`~agents.errors.StorageError`.
     """
     with sql_errors("checking the pseudonym key"):
@@ -77,12 +81,15 @@ def _check(settings: Settings, engine: Engine) -> bytes:
     source = key_source(settings)
     with for_writing(engine).begin() as connection:
         recorded = connection.execute(select(_KEYS).where(_KEYS.c.purpose == PURPOSE)).first()
-        has_subjects = connection.execute(select(_SUBJECTS.c.pseudonym).limit(1)).first()
-        key = settings.resolve_pseudonym_key(create=has_subjects is None)
+        # Made under the recorded key: subjects' pseudonyms and erased subjects' tombstones.
+        bound = connection.execute(select(_SUBJECTS.c.pseudonym).limit(1)).first()
+        if bound is None:
+            bound = connection.execute(select(_TOMBSTONES.c.subject_digest).limit(1)).first()
+        key = settings.resolve_pseudonym_key(create=bound is None)
         fingerprint = key_fingerprint(key)
         if recorded is not None and hmac.compare_digest(recorded.fingerprint, fingerprint):
             return key
-        if recorded is not None and has_subjects is not None:
+        if recorded is not None and bound is not None:
             raise ConfigError(_mismatch(source, recorded.source, recorded.recorded_at))
         row = {
             "fingerprint": fingerprint,
@@ -91,7 +98,7 @@ def _check(settings: Settings, engine: Engine) -> bytes:
         }
         if recorded is None:
             connection.execute(insert(_KEYS).values(purpose=PURPOSE, **row))
-            if has_subjects is not None:
+            if bound is not None:
                 log.warning(
                     "recorded the fingerprint of the pseudonym key from %s; the subjects "
                     "already in the database could not be checked against it",
@@ -99,7 +106,11 @@ def _check(settings: Settings, engine: Engine) -> bytes:
                 )
         else:
             connection.execute(update(_KEYS).where(_KEYS.c.purpose == PURPOSE).values(**row))
-            log.info("no subjects yet: the pseudonym key from %s replaces the recorded one", source)
+            log.info(
+                "no subjects or tombstones yet: the pseudonym key from %s replaces the "
+                "recorded one",
+                source,
+            )
     return key
 
 
@@ -110,5 +121,5 @@ def _mismatch(source: str, recorded_source: str, recorded_at: datetime) -> str:
         f"{recorded_source}): with it, returning subjects would get new pseudonyms and "
         "`s2a erase` would not find their data. Restore the original key (the key file "
         "from a backup, or S2A_PSEUDONYM_KEY's former value); the key cannot change while "
-        "the database holds subjects"
+        "the database holds subjects or the tombstones of erased ones"
     )

@@ -16,8 +16,9 @@ from cli_runner import run_s2a
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from agents.stores.db import create_engine_for
+from agents.stores.db import create_engine_for, for_writing
 from agents.stores.keys import PURPOSE, checked_pseudonym_key, key_fingerprint
+from agents.stores.tombstones import record_tombstone, tombstone_digest
 from infra.runtime import settings_env
 from schemas.errors import ConfigError
 from schemas.migrate import upgrade
@@ -144,6 +145,22 @@ def test_without_subjects_a_new_key_replaces_the_recorded_one(
     key = checked_pseudonym_key(_settings(home, sql_url, "from the secret store, 32 chars"), engine)
     assert _recorded(engine)["fingerprint"] == key_fingerprint(key)
     assert _recorded(engine)["source"] == "S2A_PSEUDONYM_KEY"
+
+
+def test_tombstones_keep_the_key_after_every_subject_is_erased(
+    tmp_path: Path, sql_url: str, engine: Engine
+) -> None:
+    home = tmp_path / "home"
+    key = checked_pseudonym_key(_settings(home, sql_url), engine)
+    # The only subject erased: no subject row left, only its tombstone.
+    with for_writing(engine).begin() as connection:
+        record_tombstone(connection, tombstone_digest("a" * 64, key), NOW)
+
+    with pytest.raises(ConfigError, match="tombstones of erased ones"):
+        checked_pseudonym_key(_settings(home, sql_url, "from the secret store, 32 chars"), engine)
+    _settings(home, sql_url).pseudonym_key_path.unlink()
+    with pytest.raises(ConfigError, match="is missing"):
+        checked_pseudonym_key(_settings(home, sql_url), engine)
 
 
 def test_a_database_with_subjects_but_no_fingerprint_trusts_the_key_it_finds(
