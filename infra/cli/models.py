@@ -114,9 +114,16 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @click.argument("version", type=click.IntRange(min=1))
 @_NAME
 @_JSON
+@click.option(
+    "--log",
+    "with_log",
+    is_flag=True,
+    help="Also print the run's log (the cycle's steps: snapshot, replay, training, gate).",
+)
 @click.pass_context
-def show(ctx: click.Context, version: int, name: str | None, as_json: bool) -> None:
-    """One version: lineage, metrics and gate verdict, files, run plots, alias history."""
+def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with_log: bool) -> None:
+    """One version: lineage, metrics and gate verdict, files, run plots, alias history
+    (and with --log the run's log)."""
     from trainer.cycle import run_files
     from trainer.registry import version_dict
 
@@ -137,6 +144,9 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool) -> N
         "files": run_files(Path(row.run_dir)),
         "alias_moves": moves,
     }
+    log_text = _read_log(row.log_path) if with_log else None
+    if log_text is not None:
+        info["log"] = log_text
     if as_json:
         emit_json(info)
         return
@@ -161,6 +171,19 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool) -> N
             f"  {move['moved_at']} {move['alias']} {move['from_version']} -> "
             f"{move['to_version']} by {move['actor']} ({move['action']}): {move['reason']}"
         )
+    if log_text is not None:
+        click.echo(f"  log ({row.log_path}):")
+        click.echo("\n".join(f"    {line}" for line in log_text.splitlines()))
+
+
+def _read_log(path: str | None) -> str | None:
+    """The run log's text; a ClickException naming the file when it cannot be read."""
+    if not path:
+        raise click.ClickException("this version has no run log recorded")
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the run log {path}: {exc.strerror}") from exc
 
 
 def _moved(settings: Settings, registry: Registry, move: Move, as_json: bool) -> None:

@@ -382,6 +382,18 @@ def test_models_show_text_names_the_run_files(cycles: Cycles) -> None:
     assert "loss curve: " in result.stdout
     assert "losses.png" in result.stdout
     assert "sample grid: " in result.stdout
+    assert "log (" not in result.stdout
+    logged = CliRunner().invoke(
+        cli, ["models", "show", "1", "--log"], env={"S2A_HOME": str(cycles.settings.home)}
+    )
+    assert logged.exit_code == 0, logged.output
+    [replay] = [line for line in logged.stdout.splitlines() if "replay: none" in line]
+    assert replay.startswith("    ")
+    assert replay.endswith("(no champion yet: a base run)")
+    as_json = CliRunner().invoke(
+        cli, ["models", "show", "1", "--log", "--json"], env={"S2A_HOME": str(cycles.settings.home)}
+    )
+    assert "promoted: no champion -> champion v1" in json.loads(as_json.stdout)["log"]
     listed = CliRunner().invoke(
         cli, ["models", "list"], env={"S2A_HOME": str(cycles.settings.home)}
     )
