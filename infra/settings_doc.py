@@ -1,5 +1,5 @@
 """Every setting as an operator sets it: the environment variable, its default and its
-meaning, read from the one settings model (``schemas/settings.py``) so the list cannot
+meaning, read from the one settings model (``schemas/settings/``) so the list cannot
 drift from the code. ``s2a settings`` prints it; ``SETTINGS.md`` is its Markdown form (a
 test keeps the file equal to what this module renders).
 """
@@ -73,7 +73,7 @@ def markdown() -> str:
         "# Settings",
         "",
         "Every `S2A_*` environment variable (also read from `.env`), with its default and",
-        "meaning; groups nest with `__`. Generated from `schemas/settings.py` by",
+        "meaning; groups nest with `__`. Generated from `schemas/settings/` by",
         "`s2a settings --markdown > SETTINGS.md` (a test keeps this file in step).",
     ]
     current = None
