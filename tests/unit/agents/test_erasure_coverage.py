@@ -37,7 +37,7 @@ def test_every_personal_column_is_covered_by_the_eraser() -> None:
 
     assert not missing, (
         f"columns the eraser does not cover: {sorted(missing)}; remove them in "
-        "agents.erasure.Eraser._commit and list them in agents.erasure.COVERED"
+        "agents.erasure.commit.commit and list them in agents.erasure.COVERED"
     )
 
 
