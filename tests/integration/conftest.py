@@ -17,7 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
+
+from agents.stores.db import create_engine_for
+from schemas.migrate import upgrade
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -72,3 +76,12 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_database")
     _empty_schema(url)
     return url
+
+
+@pytest.fixture
+def engine(sql_url: str) -> Iterator[Engine]:
+    """An engine on :func:`sql_url`'s database, migrated to the head revision."""
+    upgrade(sql_url)
+    engine = create_engine_for(sql_url)
+    yield engine
+    engine.dispose()

@@ -43,7 +43,6 @@ from agents.stores.repository import Repository
 from agents.stores.tombstones import lock_subject, record_tombstone, tombstone_digest
 from infra.waiting import wait_until
 from schemas.erasure import ErasureRequest
-from schemas.migrate import upgrade
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin
 from schemas.settings import Settings
@@ -379,14 +378,6 @@ def test_a_redelivery_refused_at_validate_takes_back_what_it_wrote_before(world:
     assert outcome.rejection.reason is ReasonCode.SUBJECT_ERASED
     assert world.blobs().isdisjoint(left)
     assert world.pipeline.store.index.payloads([face_id_for(queued.upload_id)]) == {}
-
-
-@pytest.fixture
-def engine(sql_url: str) -> Iterator[Engine]:
-    upgrade(sql_url)
-    engine = create_engine_for(sql_url)
-    yield engine
-    engine.dispose()
 
 
 def _upload(upload_id: str = "u-1") -> ValidUpload:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,23 +15,14 @@ from cli_runner import run_s2a
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from agents.stores.db import create_engine_for, for_writing
+from agents.stores.db import for_writing
 from agents.stores.keys import PURPOSE, checked_pseudonym_key, key_fingerprint
 from agents.stores.tombstones import record_tombstone, tombstone_digest
 from infra.runtime import settings_env
 from schemas.errors import ConfigError
-from schemas.migrate import upgrade
 from schemas.settings import Settings
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(sql_url: str) -> Iterator[Engine]:
-    upgrade(sql_url)
-    engine = create_engine_for(sql_url)
-    yield engine
-    engine.dispose()
 
 
 def _settings(home: Path, sql_url: str, key: str | None = None) -> Settings:

@@ -4,7 +4,6 @@ compare-and-set, rollback through the audit trail, subjects; one lease holder at
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,21 +11,11 @@ import pytest
 from sqlalchemy import Engine, update
 from sqlmodel import col
 
-from agents.stores.db import create_engine_for
-from schemas.migrate import upgrade
 from schemas.model_updates import VersionStatus
 from schemas.tables import Lease
 from trainer.errors import RegistryError
 from trainer.leases import acquire, holder_of, release, renew
 from trainer.registry import CANDIDATE, CHAMPION, Registry
-
-
-@pytest.fixture
-def engine(sql_url: str) -> Iterator[Engine]:
-    upgrade(sql_url)
-    engine = create_engine_for(sql_url)
-    yield engine
-    engine.dispose()
 
 
 def _register(registry: Registry, subjects: list[str], parent: int | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -22,7 +22,6 @@ from agents.records import ValidUpload
 from agents.stores.db import create_engine_for, for_writing
 from agents.stores.repository import Repository
 from schemas.engine import SQLITE_BUSY_TIMEOUT_MS
-from schemas.migrate import upgrade
 from schemas.reasons import ReasonCode, Stage, UploadState
 from schemas.rejections import Origin, Rejection
 from schemas.tables import Face, Label, Subject, Upload
@@ -36,14 +35,6 @@ MakeUpload = Callable[..., ValidUpload]
 MakeFace = Callable[..., Face]
 MakeLabels = Callable[..., list[Label]]
 MakeRejection = Callable[..., Rejection]
-
-
-@pytest.fixture
-def engine(sql_url: str) -> Iterator[Engine]:
-    upgrade(sql_url)
-    engine = create_engine_for(sql_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
