@@ -355,6 +355,7 @@ class RefLibrary:
                 version=version,
                 location=location,
             )
+            self._prune()
         log.info(
             "reference library version %d: %d added, %d quarantined to style %r",
             version,
@@ -363,6 +364,22 @@ class RefLibrary:
             style,
         )
         return version
+
+    def _prune(self) -> None:
+        """Delete embedded index folders older than the newest ``refs.keep_index_versions``.
+
+        Called once the new version is committed in SQL, so the current version is always
+        among those kept. A failure is logged, not raised: the version is already made, and
+        the next one prunes again.
+        """
+        from agents.stores.refindex import prune_versions
+
+        if self.settings.qdrant_url:
+            return
+        try:
+            prune_versions(self.settings, keep=self.settings.refs.keep_index_versions)
+        except StorageError as exc:
+            log.warning("old reference index versions not pruned: %s", exc)
 
     def _discard_orphan(self, version: int) -> None:
         """Remove an index folder of ``version`` that no SQL row names.
@@ -532,6 +549,7 @@ class RefLibrary:
                 version=version,
                 location=location,
             )
+            self._prune()
         log.info("reference library version %d: %s", version, note)
         stored = self.catalog.get(row.ref_id)
         return StatusChange(

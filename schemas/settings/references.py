@@ -34,6 +34,12 @@ class RefSettings(Group):
         description="embedded reference index when no qdrant_url is set (BENCHMARKS.md: "
         "matching); with qdrant_url the server's anime_refs collection is used",
     )
+    keep_index_versions: int = Field(
+        3,
+        ge=1,
+        description="embedded index: library version folders kept after each new version "
+        "(the newest ones; older folders are deleted once the new version is committed)",
+    )
 
 
 class PairingSettings(Group):

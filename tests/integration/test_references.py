@@ -434,6 +434,27 @@ def test_an_index_folder_left_by_a_crashed_add_is_replaced(
         index.close()
 
 
+def test_only_the_newest_index_versions_are_kept_and_the_current_one_answers(
+    tmp_path: Path, sql_url: str, embedder: InceptionEmbedder, sources: dict[str, Attribution]
+) -> None:
+    upgrade(sql_url)
+    settings = Settings(
+        home=tmp_path / "home", database_url=sql_url, refs={"keep_index_versions": 2}
+    )
+    library = RefLibrary(settings, embedder=embedder)
+    for image in SYLVIE[:4]:  # one library version per add
+        library.add([image], style="renpy", sources=sources)
+    changed = library.quarantine(library.list(status="active")[0].ref_id, reason="test", by="t")
+
+    assert changed.library_version == library.current_version() == 5
+    assert sorted(p.name for p in settings.ref_index_dir.iterdir()) == ["v000004", "v000005"]
+    index = open_ref_index(settings, 5, embedder.space)
+    try:
+        assert index.count() == 3
+    finally:
+        index.close()
+
+
 # -- the command line ---------------------------------------------------------------------
 
 
