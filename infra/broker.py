@@ -11,6 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from infra.children import start_child
 from infra.errors import BrokerError, WaitTimeout
 from infra.waiting import wait_until
 
@@ -107,7 +108,7 @@ class EmbeddedBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_path.open("ab")  # type: ignore[assignment]
         log.info("starting embedded broker on %s", self.bootstrap)
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+        self.proc = start_child(self.command(), stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port, deadline_s, self.proc)
         except BrokerError:

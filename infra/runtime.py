@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from agents.errors import EXIT_RESTART
 from infra.broker import EmbeddedBroker
+from infra.children import start_child
 from infra.errors import BrokerError
 from infra.kafka import ensure_topics
 from infra.logs import logging_config
@@ -97,7 +98,7 @@ class ChildProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [sys.executable, "-m", "infra.cli", self.verb],
             env=self.env,
             stdout=log_file,
