@@ -267,8 +267,8 @@ class FaceStore:
                 CROPS_PAYLOAD: sorted(set(crops.values())),
             },
         )
-        for png in prepared.pngs.values():
-            self.blobs.put(png)
+        for size, png in prepared.pngs.items():
+            self.blobs.put(png, digest=crops[size])
         labels = declared_labels(upload, face_id, now) + [m.row(face_id, now) for m in measured]
         links = self.identity_links(upload, face_id, vector, embedder, now)
         try:

@@ -74,9 +74,15 @@ class BlobStore:
         """The file of ``digest`` in a local store (see :attr:`root`)."""
         return self.root / self.key(digest)
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` under its digest (:func:`blob_digest`); the digest."""
-        digest = blob_digest(data)
+    def put(self, data: bytes, *, digest: str | None = None) -> str:
+        """Store ``data`` under its digest (:func:`blob_digest`); the digest.
+
+        ``digest``: ``blob_digest(data)`` when the caller already has it (the sink names
+        the crops in their vector point before writing them), so the bytes are not hashed
+        twice; it is not checked again here.
+        """
+        if digest is None:
+            digest = blob_digest(data)
         key = self.key(digest)
         if not self.objects.exists(key):
             self.objects.put(key, data)
