@@ -44,6 +44,16 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def broker_answers(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """Whether any of ``host:port,host:port`` accepts a TCP connection (quiet and quick:
+    no Kafka client, no log line)."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if host and port.isdigit() and port_open(host.strip("[]"), int(port), timeout_s):
+            return True
+    return False
+
+
 def wait_for_port(
     host: str, port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

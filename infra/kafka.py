@@ -17,6 +17,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
+from infra.broker import broker_answers
 from infra.errors import BrokerError
 from schemas import pairs, rejections, uploads
 from schemas.pairs import PairRecord
@@ -33,7 +34,16 @@ WORKER_TOPICS = (uploads.TOPIC, rejections.TOPIC, pairs.FACES_TOPIC, pairs.PAIRS
 
 
 def _connect(client: Callable[..., T], settings: Settings, **options: Any) -> T:
-    """A kafka-python client, or a BrokerError that names the address tried."""
+    """A kafka-python client, or a BrokerError that names the address tried.
+
+    Probed first: with no broker listening, kafka-python's clients retry their bootstrap
+    for about 30 s before giving up; a refused connection is answered at once.
+    """
+    if not broker_answers(settings.bootstrap_servers):
+        raise BrokerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers} (nothing accepts a "
+            "connection there): start one with `s2a up`, or set S2A_KAFKA_BOOTSTRAP"
+        )
     try:
         return client(bootstrap_servers=settings.bootstrap_servers, **options)
     except KafkaError as exc:

@@ -52,7 +52,7 @@ from sqlalchemy import Engine
 
 from agents.errors import StorageError as AgentsStorageError
 from agents.stores import outbox
-from infra.broker import port_open
+from infra.broker import broker_answers
 from infra.errors import BrokerError
 from schemas.settings import Settings
 from trainer.errors import StorageError as TrainerStorageError
@@ -123,16 +123,6 @@ class KafkaSender:
 
     def close(self) -> None:
         self.producer.close(timeout=5)
-
-
-def broker_answers(bootstrap: str, timeout_s: float = 1.0) -> bool:
-    """Whether any of ``host:port,host:port`` accepts a TCP connection (quiet and quick:
-    no Kafka client, no log line)."""
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if host and port.isdigit() and port_open(host.strip("[]"), int(port), timeout_s):
-            return True
-    return False
 
 
 @dataclass(frozen=True, slots=True)

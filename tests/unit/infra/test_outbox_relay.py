@@ -12,8 +12,9 @@ from sqlalchemy import Engine, select
 
 from agents.stores import outbox
 from agents.stores.db import create_engine_for
+from infra.broker import broker_answers
 from infra.errors import BrokerError
-from infra.outbox import LEASE, OutboxRelay, Sender, broker_answers
+from infra.outbox import LEASE, OutboxRelay, Sender
 from schemas.migrate import upgrade
 from schemas.settings import Settings
 from trainer.leases import acquire, holder_of
