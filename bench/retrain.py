@@ -59,7 +59,7 @@ from agents.stages.embed import build_embedder  # noqa: E402
 from agents.stores.blobs import BlobStore  # noqa: E402
 from schemas.manifest import DatasetManifest  # noqa: E402
 from schemas.settings import GateSettings, ModelSettings, Settings  # noqa: E402
-from trainer.cycle import merge_adapter  # noqa: E402
+from trainer.assemble import merge_adapter  # noqa: E402
 from trainer.dataset.snapshot import (  # noqa: E402
     canonical_json,
     manifest_path,

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,8 +55,9 @@ from agents.stores.db import create_engine_for
 from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.settings import Settings
 from schemas.tables import ModelVersion
+from trainer.assemble import ADAPTER, assemble_version, export
 from trainer.dataset.snapshot import Manifest, create_snapshot, manifest_path, read_manifest
-from trainer.errors import EvaluationError, RegistryError, TrainerError, TrainingConfigError
+from trainer.errors import EvaluationError, RegistryError, TrainerError
 from trainer.evaluate import (
     GateVerdict,
     evaluate,
@@ -68,13 +68,12 @@ from trainer.evaluate import (
 from trainer.families import get_family, script_argv
 from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
 from trainer.replay import ReplayPlan, plan_replay, write_replay
-from trainer.runs import LOSS_PLOT, SAMPLES, write_json
+from trainer.runs import write_json
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_FAMILIES = ("pix2pix-lora",)
 CONFIG_JSON = "config.json"
-ADAPTER = "adapter"
 
 Freeze = Callable[[Engine, Settings], str]
 Status = Literal["promoted", "refused", "failed"]
@@ -399,104 +398,6 @@ def gate_version(
     return verdict, metrics
 
 
-def assemble_version(run_dir: Path, version_dir: Path, base_dir: Path, mode: str) -> dict[str, Any]:
-    """Copy a finished pix2pix-lora run's model files into its version directory and
-    write the merged generator; returns the version's config entries.
-
-    base run: ``generator.safetensors`` + ``generator.json`` (+ the discriminator, which
-    later lora runs on this base start from). lora run: ``adapter/`` as peft saved it, and
-    ``generator.safetensors`` + ``generator.json``: the base of ``base_dir`` with the
-    adapter merged in (``merge_and_unload``; outputs within ~3e-6 of base + adapter).
-    """
-    from safetensors.torch import save_file
-
-    from trainer.families.pix2pix_lora.model import (
-        DISCRIMINATOR_WEIGHTS,
-        GENERATOR_CONFIG,
-        GENERATOR_WEIGHTS,
-        GeneratorConfig,
-    )
-
-    version_dir.mkdir(parents=True, exist_ok=True)
-    if mode == "base":
-        for name in (GENERATOR_WEIGHTS, GENERATOR_CONFIG, DISCRIMINATOR_WEIGHTS):
-            shutil.copy2(run_dir / name, version_dir / name)
-        return {"mode": mode, "base_dir": str(version_dir), "resolution": _resolution(run_dir)}
-    adapter = run_dir / ADAPTER
-    if not adapter.is_dir():
-        raise TrainingConfigError(f"{run_dir} has no {ADAPTER}/: not a finished lora run")
-    shutil.copytree(adapter, version_dir / ADAPTER, dirs_exist_ok=True)
-    merged = merge_adapter(base_dir, version_dir / ADAPTER)
-    state = {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
-    save_file(state, version_dir / GENERATOR_WEIGHTS)
-    config = GeneratorConfig.load(base_dir)
-    config.save(version_dir)
-    return {"mode": mode, "base_dir": str(base_dir), "resolution": _resolution(run_dir)}
-
-
-def merge_adapter(base_dir: Path, adapter_dir: Path) -> Any:
-    """The base generator of ``base_dir`` with the peft adapter of ``adapter_dir`` merged
-    into its weights (a plain ``Generator`` again)."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
-    from trainer.families.pix2pix_lora.model import (
-        GENERATOR_WEIGHTS,
-        GeneratorConfig,
-        build_model,
-    )
-
-    base = build_model(GeneratorConfig.load(base_dir))
-    base.load_state_dict(load_file(base_dir / GENERATOR_WEIGHTS))
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-
-
-def export(
-    base_dir: Path,
-    adapter_dir: Path | None,
-    version_dir: Path,
-    manifest: Manifest,
-    blobs: BlobStore,
-    config: dict[str, Any],
-) -> dict[str, Any]:
-    """The export step: ``trainer.export.export_version`` (ONNX FP32 and INT8, TensorRT
-    where present, ``export.json``) into the version directory, calibrated on the
-    snapshot's selfie crops, at the version's resolution. Recorded as not available when
-    that module cannot be imported; its failure fails the version (serving could not
-    load it)."""
-    try:
-        from trainer.export import ExportOptions, export_version, snapshot_calibration
-    except ImportError as exc:
-        log.warning("export: not available (%s)", exc)
-        return {"status": "not available", "detail": str(exc)}
-    resolution = int(config["resolution"])
-    crops = snapshot_calibration(manifest, blobs)
-    report = export_version(
-        base_dir, adapter_dir, version_dir, crops, ExportOptions(resolution=resolution)
-    )
-    log.info(
-        "export: %s in %.1f s (parity max abs diff %.3g)",
-        ", ".join(sorted(report.files)),
-        report.seconds,
-        report.parity.max_abs_diff,
-    )
-    return {
-        "status": "done",
-        "files": sorted(report.files),
-        "parity_max_abs_diff": report.parity.max_abs_diff,
-        "seconds": report.seconds,
-    }
-
-
-def run_files(run_dir: Path) -> dict[str, str | None]:
-    """The run's loss curve and final sample grid (None when missing)."""
-    curve, grid = run_dir / LOSS_PLOT, run_dir / SAMPLES / "final.png"
-    return {
-        "loss_curve": str(curve) if curve.is_file() else None,
-        "sample_grid": str(grid) if grid.is_file() else None,
-    }
-
-
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -563,14 +464,6 @@ def _train_argv(
         if replay_id is not None:
             options["--replay-manifest"] = manifest_path(settings.dataset_dir, replay_id)
     return script_argv(settings, mode, snapshot_id, run_dir, options) + list(extra)
-
-
-def _resolution(run_dir: Path) -> int:
-    """The resolution the run ended at (its run.json's args)."""
-    import json
-
-    args = json.loads((run_dir / "run.json").read_text()).get("args", {})
-    return int(args["resolution"])
 
 
 def _finite(metrics: dict[str, float | None]) -> dict[str, float | None]:

@@ -124,7 +124,7 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
 def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with_log: bool) -> None:
     """One version: lineage, metrics and gate verdict, files, run plots, alias history
     (and with --log the run's log)."""
-    from trainer.cycle import run_files
+    from trainer.assemble import run_files
     from trainer.registry import version_dict
 
     settings = settings_of(ctx)

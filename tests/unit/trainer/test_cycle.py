@@ -27,7 +27,8 @@ from schemas.migrate import upgrade
 from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.settings import Settings, TrainSettings
 from schemas.tables import VersionSubject
-from trainer.cycle import CycleResult, gate_version, merge_adapter, run_cycle
+from trainer.assemble import merge_adapter
+from trainer.cycle import CycleResult, gate_version, run_cycle
 from trainer.dataset.snapshot import manifest_path, read_manifest
 from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
 from trainer.runs import replay_sample
