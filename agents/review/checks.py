@@ -4,7 +4,7 @@ right size, type and fields.
 
 Each check raises :class:`Refused` (with the HTTP status to answer),
 :class:`~agents.review.NotFound` or :class:`~agents.review.InvalidDecision`;
-:mod:`agents.review.server` says why the page needs them.
+:mod:`agents.review.web` says why the page needs them.
 """
 
 from __future__ import annotations
