@@ -332,6 +332,10 @@ class ModelVersion(SQLModel, table=True):
     log_path: str = Field(max_length=1024, description="the run's log file")
     created_at: datetime = _utc_column()
     updated_at: datetime = _utc_column()
+    #: When the retention (trainer.retention) deleted the version's directory, run
+    #: directory and artifact-store copy; the row stays, for the lineage. Such a version
+    #: can no longer be promoted or rolled back to.
+    files_deleted_at: datetime | None = _utc_column(nullable=True)
 
 
 class ModelAlias(SQLModel, table=True):

@@ -68,6 +68,7 @@ from trainer.evaluate import (
 from trainer.families import get_family, script_argv
 from trainer.registry import CANDIDATE, CHAMPION, Registry, hash_tree
 from trainer.replay import ReplayPlan, plan_replay, write_replay
+from trainer.retention import prune_model_files
 from trainer.runs import write_json
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,22 @@ def run_cycle(
     own_engine = engine is None
     engine = engine or create_engine_for(settings.sql_url)
     try:
-        return _cycle(settings, trigger, engine, freeze, embedder, train_args, actor)
+        result = _cycle(settings, trigger, engine, freeze, embedder, train_args, actor)
+        _retain(settings, engine)
+        return result
     finally:
         if own_engine:
             engine.dispose()
+
+
+def _retain(settings: Settings, engine: Engine) -> None:
+    """Delete old versions' files (:mod:`trainer.retention`); a failure is logged: the
+    cycle's outcome stands, and the next cycle tries again."""
+    name, keep = settings.train.model_name, settings.train.keep_versions
+    try:
+        prune_model_files(Registry.from_settings(settings, engine), name, keep=keep)
+    except TrainerError as exc:
+        log.warning("model retention of %s skipped: %s", name, exc)
 
 
 def _cycle(

@@ -446,6 +446,17 @@ class Registry:
                     f"{name}@{alias} points at v{current}, not v{expect} as expected: it was "
                     "moved meanwhile; look at `s2a models show` and decide again"
                 )
+            deleted = connection.scalar(
+                select(_VERSIONS.c.files_deleted_at).where(
+                    _VERSIONS.c.name == name, _VERSIONS.c.version == to_version
+                )
+            )
+            if deleted is not None:
+                raise RegistryError(
+                    f"{name} v{to_version}'s files were deleted by the retention at "
+                    f"{_aware(deleted).isoformat(timespec='seconds')} (S2A_TRAIN__KEEP_VERSIONS);"
+                    " promote a version that still has them (`s2a models list`)"
+                )
             values = {"version": to_version, "moved_at": now, "moved_by": actor}
             if current is None:
                 connection.execute(_ALIASES.insert().values(name=name, alias=alias, **values))
@@ -488,8 +499,9 @@ class Registry:
             name, CHAMPION, version, actor=actor, reason=reason, status=VersionStatus.PROMOTED
         )
 
-    def previous_champion(self, name: str) -> int | None:
-        """The champion before the current one, from the audit trail (None if none)."""
+    def champion_stack(self, name: str) -> list[int]:
+        """The champions a chain of rollbacks would walk back through, oldest first, the
+        current one last, from the audit trail (promotions push, rollbacks pop)."""
         stack: list[int] = []
         for move in self.history(name, CHAMPION):
             if move.action == "rollback":
@@ -499,7 +511,42 @@ class Registry:
                     stack.append(move.to_version)
             else:
                 stack.append(move.to_version)
+        return stack
+
+    def previous_champion(self, name: str) -> int | None:
+        """The champion before the current one, from the audit trail (None if none)."""
+        stack = self.champion_stack(name)
         return stack[-2] if len(stack) >= 2 else None
+
+    def mark_files_deleted(self, name: str, version: int) -> bool:
+        """Record that ``version``'s files are about to be deleted (the retention calls
+        it first, then deletes); False when it was recorded already.
+
+        One transaction that holds ``name``'s alias rows, so it cannot interleave with a
+        move: :class:`RegistryError` when an alias points at the version, and a move to
+        the version afterwards is refused.
+        """
+        now = datetime.now(UTC)
+        aliases = select(_ALIASES.c.alias, _ALIASES.c.version).where(_ALIASES.c.name == name)
+        row = (_VERSIONS.c.name == name) & (_VERSIONS.c.version == version)
+        with (
+            _storage(f"marking {name} v{version}'s files deleted"),
+            for_writing(self.engine).begin() as connection,
+        ):
+            held = {a: v for a, v in connection.execute(aliases.with_for_update()).all()}
+            holding = sorted(a for a, v in held.items() if v == version)
+            if holding:
+                raise RegistryError(
+                    f"{name} v{version} is the {' and '.join(holding)}: its files stay"
+                )
+            changed = connection.execute(
+                _VERSIONS.update()
+                .where(row, _VERSIONS.c.files_deleted_at.is_(None))
+                .values(files_deleted_at=now, updated_at=now)
+            )
+        if changed.rowcount == 0:
+            self.get(name, version)  # an unknown version is named as such
+        return changed.rowcount == 1
 
     def rollback(self, name: str, *, actor: str, reason: str) -> Move:
         """Move the champion back to its previous holder (see the module docstring)."""

@@ -5,13 +5,15 @@
     s2a models promote VERSION --reason WHY [--by WHO] [--name NAME] [--json]
     s2a models rollback --reason WHY [--by WHO] [--name NAME] [--json]
     s2a models retrain [--trigger manual] [--json]
+    s2a models prune [--keep N] [--dry-run] [--name NAME] [--json]
 
 ``NAME`` defaults to ``S2A_TRAIN__MODEL_NAME`` (``converter``); ``--by`` to ``$USER``.
 ``promote`` moves ``champion`` by hand (the gate is not asked; the move is audited with
 who and why); ``rollback`` moves it back to the champion before the current one.
 ``retrain`` runs one retrain cycle in this process (``trainer.cycle.run_cycle``), as the
 scheduler does, under the same ``retrain`` lease (refused while a cycle runs): snapshot,
-train, register, evaluate, promote or refuse.
+train, register, evaluate, promote or refuse. ``prune`` deletes the files of old versions
+(``trainer.retention``; each cycle does it too): their rows stay, marked.
 
 A promotion or a rollback writes its ``model-updates`` record to the outbox with the move
 (trainer.registry), then tries to send it at once (infra.outbox); without a broker it says
@@ -103,10 +105,21 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
                 r.parent_version,
                 r.trigger,
                 r.created_at.strftime("%Y-%m-%d %H:%M"),
+                "deleted" if r.files_deleted_at is not None else "kept",
             )
             for r in rows
         ],
-        ["version", "aliases", "status", "family", "snapshot", "parent", "trigger", "created"],
+        [
+            "version",
+            "aliases",
+            "status",
+            "family",
+            "snapshot",
+            "parent",
+            "trigger",
+            "created",
+            "files",
+        ],
     )
 
 
@@ -164,6 +177,8 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with
             click.echo(f"  {side}: {shown}")
     click.echo(f"  version dir {row.path}")
     click.echo(f"  run dir {row.run_dir}; log {row.log_path}")
+    if row.files_deleted_at is not None:
+        click.echo(f"  files deleted by the retention at {row.files_deleted_at:%Y-%m-%d %H:%M}")
     for label, path in info["files"].items():
         click.echo(f"  {label.replace('_', ' ')}: {path or 'none'}")
     for move in moves:
@@ -299,3 +314,46 @@ def retrain(ctx: click.Context, trigger: str, by: str, as_json: bool) -> None:
         click.echo(f"{result.status} {result.name} v{result.version}: {result.reason}")
     if result.status == "failed":
         ctx.exit(1)
+
+
+@models.command()
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=None,
+    help="newest versions (and rollback champions) whose files stay "
+    "(default: S2A_TRAIN__KEEP_VERSIONS)",
+)
+@click.option("--dry-run", is_flag=True, help="say what would be deleted; delete nothing")
+@_NAME
+@_JSON
+@click.pass_context
+def prune(
+    ctx: click.Context, keep: int | None, dry_run: bool, name: str | None, as_json: bool
+) -> None:
+    """Delete the files of old versions; their registry rows stay (trainer.retention)."""
+    from agents.stores.db import create_engine_for
+    from schemas.migrate import upgrade
+    from trainer.registry import Registry
+    from trainer.retention import prune_model_files
+
+    settings = settings_of(ctx)
+    model = name or settings.train.model_name
+    upgrade(settings.sql_url)
+    engine = create_engine_for(settings.sql_url)
+    try:
+        report = prune_model_files(
+            Registry.from_settings(settings, engine),
+            model,
+            keep=keep or settings.train.keep_versions,
+            dry_run=dry_run,
+        )
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    emit_table([(v, why) for v, why in sorted(report.kept.items())], ["kept", "why"])
+    verb = "would delete" if dry_run else "deleted"
+    listed = ", ".join(f"v{v}" for v in report.deleted) or "nothing"
+    click.echo(f"{verb} the files of {listed} ({report.freed_bytes / 2**20:.1f} MiB)")

@@ -75,6 +75,13 @@ class TrainSettings(Group):
         "(its versions live in home/models/<name>/<version>/); not 'labels', which holds "
         "the label heads",
     )
+    keep_versions: int = Field(
+        5,
+        ge=1,
+        description="model versions whose files the retrain cycle keeps (the newest); the "
+        "champion, the candidate, the champions a rollback walks back to (as many) and the "
+        "bases they are built on are kept too; older files go, their registry rows stay",
+    )
 
 
 class GateSettings(Group):

@@ -80,7 +80,7 @@ def test_upgrade_from_empty_reaches_head(sql_url: str) -> None:
 
     upgrade(sql_url)
 
-    assert current(sql_url) == head() == "0010"
+    assert current(sql_url) == head() == "0011"
     assert _tables(sql_url) == TABLES | {"alembic_version"}
 
 

@@ -443,3 +443,34 @@ def test_a_failed_training_is_recorded_and_leaves_the_champion(tmp_path: Path) -
         assert "converter v1 failed" in Path(row.log_path).read_text()
     finally:
         engine.dispose()
+
+
+def test_a_cycle_deletes_the_files_of_versions_it_no_longer_keeps(cycles: Cycles) -> None:
+    """Last in this module: it deletes files the tests above read."""
+    registry = cycles.registry
+    settings = cycles.settings.model_copy(
+        update={"train": cycles.settings.train.model_copy(update={"keep_versions": 1})}
+    )
+    before = {r.version for r in registry.versions("converter")}
+
+    result = run_cycle(
+        settings,
+        "manual",
+        engine=cycles.engine,
+        freeze=lambda _engine, _settings: cycles.second_snapshot.snapshot_id,
+        embedder=cycles.embedder,
+        train_args=TINY,
+    )
+
+    assert result.version not in before
+    aliases = registry.aliases("converter")
+    champion = registry.get("converter", aliases[CHAMPION])
+    kept = {aliases[CHAMPION], aliases.get(CANDIDATE), result.version}
+    rows = registry.versions("converter")
+    deleted = [r.version for r in rows if r.files_deleted_at is not None]
+    assert deleted, "keep_versions=1 after several versions deletes some files"
+    assert not set(deleted) & kept
+    for row in rows:
+        assert Path(row.path).exists() == (row.files_deleted_at is None)
+    # The champion's base (the next retrain starts from it) stays.
+    assert Path(champion.config["base_dir"], "generator.safetensors").is_file()
