@@ -163,7 +163,7 @@ class ConvertClient:
                 else:
                     yield _result(answer.result)
         except grpc.RpcError as exc:
-            raise _failed(exc) from None
+            raise _failed(exc, self.address) from None
 
     def model_info(self, *, timeout_s: float | None = None) -> pb.ModelInfoResponse:
         return self._call(self.stub.ModelInfo, pb.ModelInfoRequest(), timeout_s)
@@ -189,7 +189,7 @@ class ConvertClient:
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
         except grpc.RpcError as exc:
-            raise _failed(exc) from None
+            raise _failed(exc, self.address) from None
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
     def _call(self, method: Callable[..., T], message: Any, timeout_s: float | None) -> T:
@@ -200,7 +200,7 @@ class ConvertClient:
             try:
                 return method(message, timeout=max(left, 0.001), metadata=self.metadata)
             except grpc.RpcError as exc:
-                failed = _failed(exc)
+                failed = _failed(exc, self.address)
                 pause = self.backoff_s * 2**attempt * (0.5 + random.random())
                 if (
                     failed.code != grpc.StatusCode.UNAVAILABLE
@@ -228,12 +228,22 @@ def _code(number: int) -> tuple[int, str]:
     return grpc.StatusCode.UNKNOWN.value
 
 
-def _failed(exc: grpc.RpcError) -> ConvertFailed:
+def _failed(exc: grpc.RpcError, address: str) -> ConvertFailed:
+    """The call's failure with the server's reason code; an UNAVAILABLE without one did
+    not come from the Convert service (it always sends its reason), so the message says
+    which address did not answer and what to do (reason ``unreachable``)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else str(exc)
+    details = str((exc.details() if hasattr(exc, "details") else str(exc)) or code.name)
     reason = ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
     for key, value in trailing or ():
         if key == REASON_KEY:
             reason = str(value)
-    return ConvertFailed(code, reason or code.name.lower(), str(details or code.name))
+    if not reason and code == grpc.StatusCode.UNAVAILABLE:
+        return ConvertFailed(
+            code,
+            "unreachable",
+            f"no Convert server answered at {address} ({details}): is `s2a serve` (or "
+            "`s2a up`) running there? `s2a convert --server HOST:PORT` names another",
+        )
+    return ConvertFailed(code, reason or code.name.lower(), details)

@@ -43,7 +43,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import socket
@@ -149,16 +148,25 @@ class ConvertServer:
         if path is None and self.artifacts is None:
             path = latest_version(self.settings.models_dir, self.settings.serving_model_name)
         if path is None and self.artifacts is None:
-            log.warning(
-                "no version of %s under %s yet: NOT_SERVING until one is announced or reloaded",
-                self.settings.serving_model_name,
-                self.settings.models_dir,
-            )
+            self._none_promoted(str(self.settings.models_dir))
         self._startup = threading.Thread(
             target=self._start_model, args=(path,), name="s2a-startup", daemon=True
         )
         self._startup.start()
         log.info("Convert server listening on %s", self.address)
+
+    def _none_promoted(self, where: str) -> None:
+        name = self.settings.serving_model_name
+        log.warning(
+            "no version of %s in %s yet: NOT_SERVING until one is announced or reloaded",
+            name,
+            where,
+        )
+        self.holder.waiting = (
+            f"no version of {name} has been trained and promoted yet: run `s2a models "
+            "retrain` (or let `s2a up`'s scheduler do it); this server loads the champion "
+            "as soon as it is announced"
+        )
 
     def _start_model(self, path: Path | None) -> None:
         """Load the initial model, then follow model-updates: in this order, so that an
@@ -167,9 +175,15 @@ class ConvertServer:
         if path is None and self.artifacts is not None:
             path, stored = self._latest_stored(self.artifacts), True
         if path is not None:
-            # A failure is logged and counted by the swapper; the server waits for an update.
-            with contextlib.suppress(ModelLoadError):
+            self.holder.waiting = f"the model at {path} is loading; retry shortly"
+            try:
                 self.reload(path, stored=stored)
+            except ModelLoadError as exc:
+                # Logged and counted by the swapper; the server waits for an update.
+                self.holder.waiting = (
+                    f"the model at {path} failed to load ({exc}); this server loads the "
+                    "next version announced (`s2a models promote`, or a retrain)"
+                )
         if self.follower is not None and not self._stopped.is_set():
             self.follower.start()
 
@@ -232,11 +246,7 @@ class ConvertServer:
             log.error("cannot find a version of %s to start with: %s", name, exc)
             return None
         if version is None:
-            log.warning(
-                "no version of %s in %s yet: NOT_SERVING until one is announced or reloaded",
-                name,
-                objects.where,
-            )
+            self._none_promoted(objects.where)
             return None
         return cache_dir(self.settings, "models") / name / str(version)
 

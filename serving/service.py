@@ -36,7 +36,6 @@ from serving.errors import (
     BAD_OPTIONS,
     DeadlineExpired,
     InvalidRequest,
-    NotReady,
     ServingError,
     status_of,
 )
@@ -74,7 +73,7 @@ class Conversion:
         self.preprocessor.check_size(data)  # before anything else: no retry will help it
         model = self.holder.current
         if model is None:
-            raise NotReady("no model is loaded yet; retry shortly")
+            raise self.holder.not_ready()
         self.preprocessor.check_options(options, model.version.styles)
         with self.batcher.coming():
             prepared = self.preprocessor.prepare(data, options, model.version.resolution)
@@ -238,7 +237,7 @@ class ConvertServicer(pb_grpc.ConverterServicer):
         model = self.swapper.holder.current
         if model is None:
             context.set_trailing_metadata(((REASON_KEY, "unavailable"),))
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet; retry shortly")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.swapper.holder.waiting)
             raise AssertionError("context.abort raises")  # for the type checker
         return self.info(model)
 

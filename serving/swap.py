@@ -74,6 +74,13 @@ class ModelHolder:
     def __init__(self) -> None:
         self._current: LoadedModel | None = None
         self._changed = threading.Condition()
+        #: What a call is told while no model is loaded; the server says why when it knows
+        #: (none promoted yet, one loading, the last load failed).
+        self.waiting = "no model is loaded yet; retry shortly"
+
+    def not_ready(self) -> NotReady:
+        """The error a call gets while no model is loaded (:attr:`waiting`)."""
+        return NotReady(self.waiting)
 
     @property
     def current(self) -> LoadedModel | None:
@@ -86,7 +93,7 @@ class ModelHolder:
         with self._changed:
             model = self._current
             if model is None:
-                raise NotReady("no model is loaded yet; retry shortly")
+                raise self.not_ready()
             model.leases += 1
         try:
             yield model

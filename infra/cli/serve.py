@@ -116,8 +116,6 @@ def convert(
     serving = settings.serving
     single_file = len(images) == 1 and out.suffix.lower() in _SUFFIXES
     fmt = fmt or (_SUFFIXES[out.suffix.lower()] if single_file else "png")
-    if not single_file:
-        out.mkdir(parents=True, exist_ok=True)
     address = server or serving.server_address
     failures = 0
     with ConvertClient(
@@ -139,6 +137,8 @@ def convert(
                     skip_align=skip_align,
                     style=style,
                 )
+                # Made on the first success only: a run that converts nothing leaves nothing.
+                target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(result.image)
                 row |= {"ok": True, "output": str(target), **result.as_dict()}
             except (ConvertFailed, OSError) as exc:

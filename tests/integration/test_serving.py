@@ -294,6 +294,22 @@ def test_s2a_convert_writes_files_and_reports_json(
     assert "1 of 2 images failed" in done.stderr
 
 
+def test_s2a_convert_without_a_server_says_which_address_and_what_to_do(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = run_s2a(
+        "convert", str(SELFIE), "-o", str(out), "--server", "127.0.0.1:1", "--timeout", "5",
+        "--json",
+        home=tmp_path / "cli-home",
+        env={"S2A_SERVING__CLIENT_RETRIES": "0"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    [row] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (row["ok"], row["code"], row["reason"]) == (False, "UNAVAILABLE", "unreachable")
+    assert row["error"].startswith("no Convert server answered at 127.0.0.1:1 (")
+    assert "`s2a serve`" in row["error"]
+    assert not out.exists()  # nothing converted, nothing made
+
+
 # -- health, reflection, shutdown ----------------------------------------------------------
 
 
@@ -305,10 +321,12 @@ def test_health_goes_serving_with_a_model_and_not_serving_on_shutdown(
     with client_for(port, retries=0) as client:
         assert client.health() == "NOT_SERVING"
         assert client.health("") == "NOT_SERVING"
-        assert (
-            failure(lambda: client.convert(SELFIE.read_bytes())).code == grpc.StatusCode.UNAVAILABLE
-        )
-        assert failure(client.model_info).code == grpc.StatusCode.UNAVAILABLE
+        refused = failure(lambda: client.convert(SELFIE.read_bytes()))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "unavailable")
+        # An empty home: the caller is told a model must be trained first, not to retry.
+        assert "no version of converter has been trained and promoted yet" in refused.message
+        assert "`s2a models retrain`" in refused.message
+        assert failure(client.model_info).message == refused.message
 
         reloaded = client.reload(home / "models" / "converter" / "1")
         assert reloaded.changed
