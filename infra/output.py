@@ -41,7 +41,15 @@ def emit_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
         table.add_column(name.upper(), no_wrap=not console.is_terminal, overflow="fold")
     for row in rows:
         table.add_row(*(("" if v is None else str(v)) for v in row))
-    console.print(table, soft_wrap=not console.is_terminal, highlight=False, markup=False)
+    if console.is_terminal:
+        console.print(table, highlight=False, markup=False)
+        return
+    # rich pads every cell to its column's width, the last one too; a pipe gets the lines
+    # without that trailing padding.
+    with console.capture() as captured:
+        console.print(table, soft_wrap=True, highlight=False, markup=False)
+    sys.stdout.write("".join(f"{line.rstrip()}\n" for line in captured.get().splitlines()))
+    sys.stdout.flush()
 
 
 class Progress:

@@ -59,7 +59,7 @@ from agents.stores.db import for_writing, sql_errors
 from schemas.digests import sha256_file
 from schemas.model_updates import ModelUpdate, VersionStatus
 from schemas.settings import Settings
-from schemas.tables import AliasMove, ModelAlias, ModelVersion, VersionSubject
+from schemas.tables import AliasMove, ModelAlias, ModelVersion, VersionErasure, VersionSubject
 from trainer.errors import RegistryError, StorageError
 from trainer.updates import model_update, queue_update
 
@@ -73,6 +73,7 @@ _VERSIONS: Table = SQLModel.metadata.tables[ModelVersion.__tablename__]
 _ALIASES: Table = SQLModel.metadata.tables[ModelAlias.__tablename__]
 _MOVES: Table = SQLModel.metadata.tables[AliasMove.__tablename__]
 _SUBJECTS: Table = SQLModel.metadata.tables[VersionSubject.__tablename__]
+_ERASURES: Table = SQLModel.metadata.tables[VersionErasure.__tablename__]
 
 #: Written last by the export step, uploaded last here: a version is complete once it exists.
 EXPORT_JSON = "export.json"
@@ -343,6 +344,18 @@ class Registry:
                     )
                 )
         return len(extra)
+
+    def erasures(self, name: str) -> dict[int, tuple[int, datetime]]:
+        """``version -> (subjects erased since it was trained, when the last was)`` for
+        each version of ``name`` whose training data lost subjects to an erasure (the
+        eraser's ``version_erasures`` counts)."""
+        query = (
+            select(_VERSIONS.c.version, _ERASURES.c.erased_subjects, _ERASURES.c.last_erased_at)
+            .join(_ERASURES, _ERASURES.c.version_id == _VERSIONS.c.id)
+            .where(_VERSIONS.c.name == name)
+        )
+        with _storage(f"reading the erasures of {name}"), self.engine.connect() as connection:
+            return {v: (int(n), _aware(at)) for v, n, at in connection.execute(query).all()}
 
     def versions_with_subject(self, subject: str) -> list[tuple[str, int]]:
         """``(name, version)`` of every version trained on ``subject`` (for an erasure)."""

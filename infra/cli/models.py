@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,7 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
     with _registry(settings) as registry:
         rows = registry.versions(model)
         aliases = registry.aliases(model)
+        erased = registry.erasures(model)
     held: dict[int, list[str]] = {}
     for alias, version in sorted(aliases.items()):
         held.setdefault(version, []).append(alias)
@@ -90,7 +92,11 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
             {
                 "name": model,
                 "aliases": aliases,
-                "versions": [version_dict(r) | {"aliases": held.get(r.version, [])} for r in rows],
+                "versions": [
+                    version_dict(r)
+                    | {"aliases": held.get(r.version, []), **_erased(erased.get(r.version))}
+                    for r in rows
+                ],
             }
         )
         return
@@ -106,6 +112,7 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
                 r.trigger,
                 r.created_at.strftime("%Y-%m-%d %H:%M"),
                 "deleted" if r.files_deleted_at is not None else "kept",
+                erased[r.version][0] if r.version in erased else None,
             )
             for r in rows
         ],
@@ -119,6 +126,7 @@ def list_versions(ctx: click.Context, name: str | None, as_json: bool) -> None:
             "trigger",
             "created",
             "files",
+            "erased",
         ],
     )
 
@@ -146,6 +154,7 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with
         row = registry.get(model, version)
         aliases = sorted(a for a, v in registry.aliases(model).items() if v == version)
         subjects = len(registry.subjects(model, version))
+        erasure = registry.erasures(model).get(version)
         moves = [
             m.as_dict()
             for m in registry.history(model)
@@ -154,6 +163,7 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with
     info: dict[str, Any] = version_dict(row) | {
         "aliases": aliases,
         "subjects": subjects,
+        **_erased(erasure),
         "files": run_files(Path(row.run_dir)),
         "alias_moves": moves,
     }
@@ -166,6 +176,11 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with
     click.echo(f"{model} v{version} [{', '.join(aliases) or 'no alias'}] {row.status.value}")
     click.echo(f"  family {row.family}, snapshot {row.snapshot_id}, parent {row.parent_version}")
     click.echo(f"  trained on {subjects} subjects; trigger {row.trigger}")
+    if erasure is not None:
+        click.echo(
+            f"  {erasure[0]} of the subjects it was trained on erased since (last at "
+            f"{erasure[1]:%Y-%m-%d %H:%M}); a champion is retrained without them"
+        )
     if row.reason:
         click.echo(f"  reason: {row.reason}")
     for side in ("candidate", "champion"):
@@ -189,6 +204,12 @@ def show(ctx: click.Context, version: int, name: str | None, as_json: bool, with
     if log_text is not None:
         click.echo(f"  log ({row.log_path}):")
         click.echo("\n".join(f"    {line}" for line in log_text.splitlines()))
+
+
+def _erased(erasure: tuple[int, datetime] | None) -> dict[str, Any]:
+    """A version's erasure counts as JSON fields (0 and None when none touched it)."""
+    count, last = erasure or (0, None)
+    return {"erased_subjects": count, "last_erased_at": last}
 
 
 def _read_log(path: str | None) -> str | None:

@@ -3,6 +3,7 @@ compare-and-set, rollback through the audit trail, subjects; one lease holder at
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,3 +155,38 @@ def _race(engine: Engine, holders: list[str], ttl: float) -> list[str]:
     for thread in threads:
         thread.join(timeout=60)
     return won
+
+
+def test_versions_trained_on_erased_subjects_are_marked_in_list_and_show(
+    engine: Engine, sql_url: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+    from sqlmodel import Session
+
+    from infra.cli import cli
+    from schemas.tables import VersionErasure
+
+    registry = Registry(engine, tmp_path / "home" / "models")
+    _register(registry, ["p-a", "p-b"])
+    _register(registry, ["p-c"])
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    with Session(engine) as session:
+        session.add(VersionErasure(version_id=registry.get("converter", 1).id, erased_subjects=2,
+                                   last_erased_at=at))  # fmt: skip
+        session.commit()
+
+    assert registry.erasures("converter") == {1: (2, at)}
+    env = {"S2A_HOME": str(tmp_path / "home"), "S2A_DATABASE_URL": sql_url}
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["models", "list", "--json"], env=env)
+    assert [
+        (v["version"], v["erased_subjects"]) for v in json.loads(listed.output)["versions"]
+    ] == [
+        (1, 2),
+        (2, 0),
+    ]
+    shown = runner.invoke(cli, ["models", "show", "1"], env=env)
+    assert "2 of the subjects it was trained on erased since (last at 2026-12-01 09:30)" in (
+        shown.output
+    )
+    assert "erased since" not in runner.invoke(cli, ["models", "show", "2"], env=env).output

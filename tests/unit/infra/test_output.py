@@ -21,7 +21,8 @@ def test_a_table_on_a_pipe_keeps_each_row_on_one_line(capsys: pytest.CaptureFixt
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["SAMPLE", "STATE", "DETAIL"]
     assert [row.split()[:2] for row in rows] == [["a.jpg", "rejected"], ["b.jpg", "accepted"]]
-    assert rows[0].rstrip().endswith(long_detail.rstrip())
+    assert rows[0].endswith(long_detail.rstrip())
+    assert rows[1].endswith("accepted")  # no padding after the last cell
 
 
 def _plain_console() -> tuple[Console, io.StringIO]:
