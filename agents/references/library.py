@@ -42,8 +42,7 @@ from __future__ import annotations
 import fcntl
 import io
 import logging
-import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +94,7 @@ if TYPE_CHECKING:
     from agents.records import EmbeddingSpace
     from agents.stages.detect import FaceDetector
     from agents.stages.embed import Embedder
+    from agents.stores.refindex import RefPoint
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class RefLibrary:
         """Judge, match, embed and store the candidates as one new library version."""
         # Imported here: qdrant-client takes over a second to import, and reading the
         # library (``list``, ``styles``) needs SQL only.
-        from agents.stores.refindex import RefPoint, publish_version
+        from agents.stores.refindex import RefPoint
 
         with self._lock():
             existing = self.catalog.active_refs(style)
@@ -340,22 +340,24 @@ class RefLibrary:
                 )
                 for c in active
             ]
-            self._discard_orphan(version)
-            location = publish_version(
-                self.settings, version, base, points, space=self.embedder.space
+            self._publish(
+                version,
+                base,
+                points,
+                (),
+                self.embedder.space,
+                lambda location: self.catalog.record_version(
+                    candidates,
+                    style=style,
+                    tags=tags,
+                    labels=labels,
+                    note=note,
+                    embedder=self.embedder.name,
+                    base=base,
+                    version=version,
+                    location=location,
+                ),
             )
-            self.catalog.record_version(
-                candidates,
-                style=style,
-                tags=tags,
-                labels=labels,
-                note=note,
-                embedder=self.embedder.name,
-                base=base,
-                version=version,
-                location=location,
-            )
-            self._prune()
         log.info(
             "reference library version %d: %d added, %d quarantined to style %r",
             version,
@@ -365,42 +367,35 @@ class RefLibrary:
         )
         return version
 
-    def _prune(self) -> None:
-        """Delete embedded index folders older than the newest ``refs.keep_index_versions``.
+    def _publish(
+        self,
+        version: int,
+        base: int | None,
+        upserts: Sequence[RefPoint],
+        deletes: Sequence[str],
+        space: EmbeddingSpace,
+        record: Callable[[str], None],
+    ) -> None:
+        """Make library version ``version``: its index first (``base`` plus ``upserts``
+        minus ``deletes``), then ``record(location)``, the SQL transaction that makes it
+        current, then the old index folders go.
 
-        Called once the new version is committed in SQL, so the current version is always
-        among those kept. A failure is logged, not raised: the version is already made, and
-        the next one prunes again.
+        A crash between the index and SQL leaves a folder no row names: it is removed here
+        before publishing (``publish_version`` would keep an existing one). Pruning comes
+        after the commit, so the current version is always among those kept
+        (``refs.keep_index_versions``); its failure is logged, as the version is made.
         """
-        from agents.stores.refindex import prune_versions
+        from agents.stores.refindex import discard_version, prune_versions, publish_version
 
-        if self.settings.qdrant_url:
-            return
-        try:
-            prune_versions(self.settings, keep=self.settings.refs.keep_index_versions)
-        except StorageError as exc:
-            log.warning("old reference index versions not pruned: %s", exc)
-
-    def _discard_orphan(self, version: int) -> None:
-        """Remove an index folder of ``version`` that no SQL row names.
-
-        Only an ``add`` that crashed between publishing and committing leaves one; its
-        content is not this call's, and ``publish_version`` would keep an existing folder.
-        """
-        from agents.stores.refindex import MANIFEST, version_dir
-
-        if self.settings.qdrant_url:
-            return
-        folder = version_dir(self.settings, version)
-        if not folder.exists():
-            return
-        log.warning("removing index folder %s left by an add that did not commit", folder)
-        try:
-            # The manifest first: a half-removed folder is never taken for a complete one.
-            (folder / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(folder)
-        except OSError as exc:
-            raise StorageError(f"cannot remove the uncommitted index {folder}: {exc}") from exc
+        embedded = not self.settings.qdrant_url
+        if embedded and discard_version(self.settings, version):
+            log.warning("removed index version %d left by a writer that did not commit", version)
+        record(publish_version(self.settings, version, base, upserts, deletes, space=space))
+        if embedded:
+            try:
+                prune_versions(self.settings, keep=self.settings.refs.keep_index_versions)
+            except StorageError as exc:
+                log.warning("old reference index versions not pruned: %s", exc)
 
     def _palette(self, existing: list[ActiveRef], new: list[st.FloatArray]) -> pal.Palette | None:
         """The style's palette over its active references, the new ones included.
@@ -510,7 +505,7 @@ class RefLibrary:
         """The one path of both verbs, in :meth:`add`'s order: the index version first,
         then one SQL transaction that makes it current (a crash in between leaves a folder
         no SQL row names, which the next writer replaces)."""
-        from agents.stores.refindex import RefPoint, publish_version
+        from agents.stores.refindex import RefPoint
 
         with self._lock():
             row = self.catalog.resolve(ref)
@@ -533,23 +528,25 @@ class RefLibrary:
                 code, detail = RefReason.BY_HAND, reason
                 note = f"refs quarantine {row.ref_id} by {by}: {reason}"
             at = datetime.now(UTC)
-            self._discard_orphan(version)
-            location = publish_version(
-                self.settings, version, base, upserts, deletes, space=self._space
+            self._publish(
+                version,
+                base,
+                upserts,
+                deletes,
+                self._space,
+                lambda location: self.catalog.record_status(
+                    row,
+                    status=status,
+                    reason=code,
+                    detail=detail,
+                    by=by,
+                    at=at,
+                    note=note,
+                    base=base,
+                    version=version,
+                    location=location,
+                ),
             )
-            self.catalog.record_status(
-                row,
-                status=status,
-                reason=code,
-                detail=detail,
-                by=by,
-                at=at,
-                note=note,
-                base=base,
-                version=version,
-                location=location,
-            )
-            self._prune()
         log.info("reference library version %d: %s", version, note)
         stored = self.catalog.get(row.ref_id)
         return StatusChange(

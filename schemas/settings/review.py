@@ -5,15 +5,13 @@ sessions, and the session secret with its owner-only key file.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import secrets
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
 from schemas.errors import ConfigError
 from schemas.settings.base import Group
+from schemas.settings.keyfiles import create_key_file
 
 
 class ReviewSettings(Group):
@@ -81,14 +79,7 @@ class ReviewSettings(Group):
                     "S2A_REVIEW__SESSION_SECRET, or make a new one with `s2a reviewers "
                     "new-secret` (every reviewer is signed out)"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".review-session.key.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(base64.b64encode(secrets.token_bytes(32)).decode())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-            tmp.unlink()
+            create_key_file(path)
         if path.stat().st_mode & 0o077:
             raise ConfigError(
                 f"the review session secret {path} may be read by other users; "

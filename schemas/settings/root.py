@@ -6,9 +6,6 @@ the checks across groups, the derived locations under ``home`` and the pseudonym
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +19,7 @@ from schemas.settings.ingest import (
     QualitySettings,
     WorkerSettings,
 )
+from schemas.settings.keyfiles import create_key_file
 from schemas.settings.references import PairingSettings, RefSettings
 from schemas.settings.review import ReviewSettings
 from schemas.settings.serving import ServingSettings
@@ -227,20 +225,9 @@ class Settings(BaseSettings):
                     "new key would give every returning subject a new pseudonym and hide "
                     "their data from `s2a erase`"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Created 0600 under a name no other process uses: the key is never readable
-            # by others, not even between its creation and a chmod.
-            tmp = path.with_name(f".pseudonym.key.{os.getpid()}.{secrets.token_hex(4)}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "w") as out:
-                    out.write(base64.b64encode(secrets.token_bytes(32)).decode())
-                # link() fails when another process won the race: every process then reads
-                # the same key, so one subject never gets two pseudonyms.
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, path)
-            finally:
-                tmp.unlink()
+            # Racing processes share the first key made, so one subject never gets two
+            # pseudonyms.
+            create_key_file(path)
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             raise ConfigError(

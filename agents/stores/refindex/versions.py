@@ -182,16 +182,29 @@ def prune_versions(settings: Settings, keep: int = 3) -> list[int]:
     _remove_dead_temps(settings.ref_index_dir)
     doomed = _local_versions(settings)[:-keep]
     for version in doomed:
-        folder = version_dir(settings, version)
-        try:
-            # The manifest goes first: a half-deleted folder is then never taken as complete.
-            (folder / MANIFEST).unlink()
-            shutil.rmtree(folder)
-        except OSError as exc:
-            raise StorageError(f"cannot delete old reference index {folder}: {exc}") from exc
+        discard_version(settings, version)
     if doomed:
         log.info("pruned reference index versions %s", doomed)
     return doomed
+
+
+def discard_version(settings: Settings, version: int) -> bool:
+    """Delete the embedded folder of ``version``, complete or not; False when there is none.
+
+    The manifest goes first, so a half-deleted folder is never taken for a complete one.
+
+    Raises:
+        StorageError: the folder cannot be deleted.
+    """
+    folder = version_dir(settings, version)
+    if not folder.exists():
+        return False
+    try:
+        (folder / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(folder)
+    except OSError as exc:
+        raise StorageError(f"cannot delete reference index folder {folder}: {exc}") from exc
+    return True
 
 
 def publish_version(

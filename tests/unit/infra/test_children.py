@@ -15,13 +15,13 @@ from infra.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 
-# The parent: starts a long-sleeping child, the way the stack does, prints its pid, waits.
+# The parent: starts a child that waits for a signal, the way the stack does, prints its pid, waits.
 PARENT = textwrap.dedent(
     """
     import subprocess, sys
     from infra.children import start_child
     start = start_child if sys.argv[1] == "start_child" else subprocess.Popen
-    child = start([sys.executable, "-c", "import time; time.sleep(600)"])
+    child = start([sys.executable, "-c", "import signal; signal.pause()"])  # waits for a signal
     print(child.pid, flush=True)
     sys.stdin.read()
     """
