@@ -20,6 +20,8 @@ Example::
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +112,7 @@ def create_engine_for(url: str | URL, *, migrating: bool = False) -> Engine:
             cursor.execute("PRAGMA foreign_keys = ON")
         if not in_memory:
             # Readers see the last commit while a writer works, instead of waiting for it.
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor, busy_ms / 1000)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -119,3 +121,23 @@ def create_engine_for(url: str | URL, *, migrating: bool = False) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _use_wal(cursor: Any, deadline_s: float) -> None:
+    """Put the SQLite file in WAL mode (it stays so: the first connection sets it).
+
+    Switching needs an exclusive lock, and while other connections open the same new file
+    at once (workers migrating together) SQLite may answer "database is locked" at once,
+    without calling its busy handler. So the mode is read first (no switch once any
+    connection has made it) and a locked answer is retried for up to ``deadline_s``.
+    """
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > end:
+                raise
+            time.sleep(0.01)  # a backoff between tries: SQLite's busy handler did not wait
